@@ -1,0 +1,754 @@
+//! `argus-agent.toml`: every key, its default, and validation that names the file,
+//! the key and what was expected.
+//!
+//! Loading is split in two so one typo never blinds a host: [`AgentConfig::load`]
+//! returns the config it could build plus every problem found. `check-config` fails on
+//! any problem; `run` refuses only problems it cannot work around (a value of the wrong
+//! type) and otherwise logs them and keeps collecting what it can (an unknown key is
+//! ignored, a probe with a malformed URL is left out).
+
+use argus_common::config::ConfigError;
+use serde::{Deserialize, Deserializer};
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A duration written as `500ms`, `10s`, `5m` or `1h`, as Prometheus writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{s}` has no unit; expected a number followed by ms, s, m or h"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(format!("`{s}` has unknown unit `{unit}`; expected ms, s, m or h")),
+        };
+        ms.map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1_000 == 0 {
+            write!(f, "{}s", ms / 1_000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn secs(s: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(s))
+}
+
+/// The whole agent config. Section names are single words so that
+/// `ARGUS_<SECTION>_<KEY>` splits unambiguously.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    pub log: LogSection,
+    pub host: HostSection,
+    pub containers: ContainersSection,
+    pub jobs: JobsSection,
+    pub spool: SpoolSection,
+    pub limits: LimitsSection,
+    pub metrics: MetricsSection,
+    #[serde(rename = "probe")]
+    pub probes: Vec<ProbeConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            agent: AgentSection::default(),
+            log: LogSection::default(),
+            host: HostSection::default(),
+            containers: ContainersSection::default(),
+            jobs: JobsSection::default(),
+            spool: SpoolSection::default(),
+            limits: LimitsSection::default(),
+            metrics: MetricsSection::default(),
+            probes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AgentSection {
+    /// The `instance` label; empty means the host name.
+    pub name: String,
+    pub interval: HumanDuration,
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            name: String::new(),
+            interval: secs(10),
+            state_dir: PathBuf::from("/var/lib/argus-agent"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `argus_agent=debug`.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HostSection {
+    pub enabled: bool,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    /// Where the host's `/` is visible: `/host/root` for a containerized agent.
+    pub root_fs: PathBuf,
+    /// Replaces the default list of pseudo filesystem types when set.
+    pub fs_types_exclude: Option<Vec<String>>,
+    /// Replaces the default mount point exclusions when set (`/dev*` style prefixes).
+    pub mount_points_exclude: Option<Vec<String>>,
+    pub net_devices_exclude: Option<Vec<String>>,
+    pub disk_devices_exclude: Option<Vec<String>>,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection {
+            enabled: true,
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            root_fs: "/".into(),
+            fs_types_exclude: None,
+            mount_points_exclude: None,
+            net_devices_exclude: None,
+            disk_devices_exclude: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ContainersSection {
+    pub enabled: bool,
+    pub docker_socket: String,
+    pub cgroup_root: PathBuf,
+    pub inventory_refresh: HumanDuration,
+}
+
+impl Default for ContainersSection {
+    fn default() -> Self {
+        ContainersSection {
+            enabled: true,
+            docker_socket: "unix:///var/run/docker.sock".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            inventory_refresh: secs(30),
+        }
+    }
+}
+
+/// The `job` label per collector family (DESIGN §5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct JobsSection {
+    pub node: String,
+    pub cadvisor: String,
+    pub blackbox: String,
+    pub agent: String,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            node: "node".into(),
+            cadvisor: "cadvisor".into(),
+            blackbox: "blackbox".into(),
+            agent: "argus-agent".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    Block,
+}
+
+/// `fsync = "batch"` syncs every batch; `fsync = "1s"` (any duration) syncs on a timer,
+/// trading up to that much of the newest data on power loss for far fewer syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSetting {
+    EveryBatch,
+    Every(Duration),
+}
+
+impl<'de> Deserialize<'de> for FsyncSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "batch" {
+            return Ok(FsyncSetting::EveryBatch);
+        }
+        HumanDuration::parse(&s)
+            .map(|h| FsyncSetting::Every(h.0))
+            .map_err(|e| serde::de::Error::custom(format!("expected \"batch\" or a duration: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SpoolSection {
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync: FsyncSetting,
+    pub when_full: WhenFull,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            max_bytes: 256 << 20,
+            segment_bytes: 8 << 20,
+            fsync: FsyncSetting::Every(Duration::from_secs(1)),
+            when_full: WhenFull::DropOldest,
+        }
+    }
+}
+
+/// Bounds on what one agent may create, so a runaway label (a container per request)
+/// cannot exhaust the agent or the cluster. What they refuse is counted in
+/// `argus_agent_refused_samples_total{reason}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsSection {
+    pub max_series: usize,
+    pub max_labels: usize,
+    pub max_label_value_len: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_series: 100_000,
+            max_labels: 30,
+            max_label_value_len: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsSection {
+    /// Where `serve-metrics` listens unless `--listen` says otherwise.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: "127.0.0.1:9100".into(),
+        }
+    }
+}
+
+/// One `[[probe]]`: an HTTP check when `url` is set, a TCP connect when `address` is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProbeConfig {
+    pub name: String,
+    pub url: Option<String>,
+    pub address: Option<String>,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
+    /// Extra attempts within one check before it counts as failed.
+    pub retries: u32,
+    /// Kept in the agent's probe record for the services API, never as a label,
+    /// so flipping it does not fork the series.
+    pub critical: bool,
+    /// Accepted HTTP status range, `"200-399"` or a single code.
+    pub expect_status: String,
+    pub body_contains: Option<String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            name: String::new(),
+            url: None,
+            address: None,
+            interval: secs(30),
+            timeout: secs(5),
+            retries: 0,
+            critical: false,
+            expect_status: "200-399".into(),
+            body_contains: None,
+        }
+    }
+}
+
+/// A validated probe target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeTarget {
+    Http(url::Url),
+    Tcp { host: String, port: u16 },
+}
+
+/// Parses an `expect_status` value into an inclusive range.
+pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let parse = |p: &str| -> Result<u16, String> {
+        let v: u16 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{p}` is not an HTTP status code"))?;
+        if (100..=599).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is outside 100-599"))
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let v = parse(s)?;
+            (v, v)
+        }
+    };
+    if lo > hi {
+        return Err(format!("range `{s}` is empty"));
+    }
+    Ok((lo, hi))
+}
+
+impl ProbeConfig {
+    /// The probe's target, or why it is unusable.
+    pub fn target(&self) -> Result<ProbeTarget, (String, String)> {
+        match (&self.url, &self.address) {
+            (Some(_), Some(_)) => Err((
+                "url".into(),
+                "set either url (HTTP) or address (TCP), not both".into(),
+            )),
+            (None, None) => Err(("url".into(), "one of url (HTTP) or address (TCP) is required".into())),
+            (Some(u), None) => {
+                let parsed = url::Url::parse(u).map_err(|e| ("url".to_string(), format!("`{u}` is not a valid URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(("url".into(), format!("`{u}`: scheme must be http or https")));
+                }
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(("url".into(), format!("`{u}` has no host")));
+                }
+                Ok(ProbeTarget::Http(parsed))
+            }
+            (None, Some(a)) => {
+                let (host, port) = a
+                    .rsplit_once(':')
+                    .ok_or_else(|| ("address".to_string(), format!("`{a}` must be host:port")))?;
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ("address".to_string(), format!("`{a}`: port must be 1-65535")))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() {
+                    return Err(("address".into(), format!("`{a}` has no host")));
+                }
+                Ok(ProbeTarget::Tcp {
+                    host: host.to_string(),
+                    port,
+                })
+            }
+        }
+    }
+}
+
+/// Every problem found while loading, in file order where known.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub errors: Vec<ConfigError>,
+    /// Problems `run` can work around: unknown keys, unusable probes.
+    pub recoverable: Vec<ConfigError>,
+}
+
+impl Problems {
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty() && self.recoverable.is_empty()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ConfigError> {
+        self.errors.iter().chain(&self.recoverable)
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file, applying `ARGUS_<SECTION>_<KEY>` overrides from `env`.
+    ///
+    /// Returns the config (defaults filled in, unusable probes removed) unless an
+    /// unrecoverable problem prevents building one; `problems` lists everything found.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> (Option<AgentConfig>, Problems) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_str(&text, path, env),
+            Err(e) => {
+                let mut p = Problems::default();
+                p.errors.push(ConfigError::Unreadable {
+                    file: path.to_path_buf(),
+                    reason: e.to_string(),
+                });
+                (None, p)
+            }
+        }
+    }
+
+    /// As [`AgentConfig::load`], from text already read; `path` is only used in messages.
+    pub fn from_str(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Option<AgentConfig>, Problems) {
+        let mut problems = Problems::default();
+        let file = path.to_path_buf();
+        let mut table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                problems.errors.push(ConfigError::Invalid {
+                    file,
+                    key: key_at_span(text, e.span()),
+                    reason: e.message().to_string(),
+                });
+                return (None, problems);
+            }
+        };
+        apply_env(&mut table, env, &mut problems);
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let value = toml::Value::Table(table);
+        let de = serde_path_to_error::Deserializer::new(value, &mut track);
+        let parsed: Result<AgentConfig, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        let mut cfg = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                problems.errors.push(ConfigError::Invalid {
+                    file,
+                    key: track.path().to_string(),
+                    reason: e.to_string(),
+                });
+                return (None, problems);
+            }
+        };
+        for key in unknown {
+            problems.recoverable.push(ConfigError::UnknownKey {
+                file: file.clone(),
+                key,
+                hint: String::new(),
+            });
+        }
+        cfg.validate(&file, &mut problems);
+        (Some(cfg), problems)
+    }
+
+    /// Checks cross-field rules serde cannot express; drops unusable probes so the rest run.
+    fn validate(&mut self, file: &Path, problems: &mut Problems) {
+        let mut bad = |key: &str, reason: String| {
+            problems.errors.push(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: key.to_string(),
+                reason,
+            })
+        };
+        let iv = self.agent.interval.0;
+        if iv < Duration::from_millis(100) || iv > Duration::from_secs(3600) {
+            bad("agent.interval", format!("{} is outside 100ms..1h", self.agent.interval));
+        }
+        if self.spool.max_bytes < self.spool.segment_bytes.saturating_mul(2) {
+            bad(
+                "spool.max_bytes",
+                "must hold at least two segments (2 × spool.segment_bytes)".into(),
+            );
+        }
+        if self.spool.segment_bytes < 64 << 10 {
+            bad("spool.segment_bytes", "must be at least 65536".into());
+        }
+        for (key, v) in [
+            ("jobs.node", &self.jobs.node),
+            ("jobs.cadvisor", &self.jobs.cadvisor),
+            ("jobs.blackbox", &self.jobs.blackbox),
+            ("jobs.agent", &self.jobs.agent),
+        ] {
+            if v.is_empty() {
+                bad(key, "must not be empty".into());
+            }
+        }
+        if self.limits.max_labels == 0 || self.limits.max_series == 0 || self.limits.max_label_value_len == 0 {
+            bad("limits", "limits must be greater than zero".into());
+        }
+        let mut names = HashSet::new();
+        let mut keep = Vec::with_capacity(self.probes.len());
+        for (i, p) in std::mem::take(&mut self.probes).into_iter().enumerate() {
+            let mut reasons = Vec::new();
+            if p.name.is_empty() {
+                reasons.push(("name".to_string(), "is required".to_string()));
+            } else if !names.insert(p.name.clone()) {
+                reasons.push(("name".into(), format!("`{}` is used by an earlier probe", p.name)));
+            }
+            if let Err(r) = p.target() {
+                reasons.push(r);
+            }
+            if let Err(r) = parse_status_range(&p.expect_status) {
+                reasons.push(("expect_status".into(), r));
+            }
+            if p.timeout.0.is_zero() {
+                reasons.push(("timeout".into(), "must be greater than zero".into()));
+            }
+            if p.interval.0 < iv {
+                reasons.push((
+                    "interval".into(),
+                    format!("{} is shorter than agent.interval ({})", p.interval, self.agent.interval),
+                ));
+            }
+            if reasons.is_empty() {
+                keep.push(p);
+            } else {
+                for (k, reason) in reasons {
+                    problems.recoverable.push(ConfigError::Invalid {
+                        file: file.to_path_buf(),
+                        key: format!("probe[{i}].{k}"),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.probes = keep;
+    }
+
+    /// The `instance` label: the configured name, else the host name.
+    pub fn instance(&self, host_name: &str) -> String {
+        if self.agent.name.is_empty() {
+            host_name.to_string()
+        } else {
+            self.agent.name.clone()
+        }
+    }
+}
+
+/// The dotted key a TOML syntax error points into, or `(syntax)` when no key is near.
+fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return "(syntax)".into();
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    format!("line {line}")
+}
+
+/// Applies `ARGUS_<SECTION>_<KEY>=value` overrides. A value that parses as TOML
+/// (number, bool, array) keeps that type; anything else is a string.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>, problems: &mut Problems) {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("ARGUS_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        if section == "probe" {
+            problems.recoverable.push(ConfigError::Env {
+                var,
+                reason: "probes can only be configured in the file".into(),
+            });
+            continue;
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => problems.errors.push(ConfigError::Env {
+                var,
+                reason: format!("`{section}` is not a section"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Option<AgentConfig>, Problems) {
+        AgentConfig::from_str(text, Path::new("argus-agent.toml"), Vec::new())
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let (cfg, p) = load("");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(cfg.unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(HumanDuration::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(HumanDuration::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert_eq!(HumanDuration::parse("1h").unwrap().to_string(), "1h");
+        assert!(HumanDuration::parse("10").unwrap_err().contains("no unit"));
+        assert!(HumanDuration::parse("10d").unwrap_err().contains("unknown unit"));
+        assert!(HumanDuration::parse("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path_and_the_rest_still_loads() {
+        let (cfg, p) = load("[agent]\nintervall = \"5s\"\n[spool]\nmax_bytes = 1073741824\n");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.spool.max_bytes, 1 << 30);
+        let msgs: Vec<String> = p.all().map(|e| e.to_string()).collect();
+        assert_eq!(msgs, vec!["argus-agent.toml: unknown key `agent.intervall`"]);
+        assert!(p.errors.is_empty());
+    }
+
+    #[test]
+    fn mistyped_value_names_the_key_and_expected_type() {
+        let (cfg, p) = load("[agent]\ninterval = 5\n");
+        assert!(cfg.is_none());
+        let msg = p.errors[0].to_string();
+        assert!(msg.starts_with("argus-agent.toml: agent.interval:"), "{msg}");
+        assert!(msg.contains("string"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let (cfg, p) = load("[agent]\nname = \"x\"\ninterval = \n");
+        assert!(cfg.is_none());
+        assert!(p.errors[0].to_string().contains("line 3"), "{}", p.errors[0]);
+    }
+
+    #[test]
+    fn malformed_probe_is_dropped_and_named_while_good_ones_stay() {
+        let text = r#"
+[[probe]]
+name = "web"
+url = "http://127.0.0.1:8080/health"
+
+[[probe]]
+name = "broken"
+url = "http//missing-colon"
+
+[[probe]]
+name = "db"
+address = "127.0.0.1:5432"
+expect_status = "600"
+"#;
+        let (cfg, p) = load(text);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.probes.len(), 1);
+        assert_eq!(cfg.probes[0].name, "web");
+        let msgs: Vec<String> = p.recoverable.iter().map(|e| e.to_string()).collect();
+        assert!(msgs[0].starts_with("argus-agent.toml: probe[1].url: `http//missing-colon` is not a valid URL"), "{msgs:?}");
+        assert!(msgs[1].contains("probe[2].expect_status: 600 is outside"), "{msgs:?}");
+    }
+
+    #[test]
+    fn probe_rules() {
+        let p = |url: Option<&str>, addr: Option<&str>| ProbeConfig {
+            name: "x".into(),
+            url: url.map(Into::into),
+            address: addr.map(Into::into),
+            ..ProbeConfig::default()
+        };
+        assert!(p(None, None).target().is_err());
+        assert!(p(Some("http://a"), Some("a:1")).target().is_err());
+        assert!(p(Some("ftp://a/"), None).target().unwrap_err().1.contains("scheme"));
+        assert_eq!(
+            p(None, Some("[::1]:22")).target().unwrap(),
+            ProbeTarget::Tcp {
+                host: "::1".into(),
+                port: 22
+            }
+        );
+        assert!(p(None, Some("host:0")).target().is_err());
+        assert!(p(None, Some("host")).target().is_err());
+        assert_eq!(parse_status_range("200-299"), Ok((200, 299)));
+        assert!(parse_status_range("300-200").is_err());
+    }
+
+    #[test]
+    fn env_overrides_keep_types_and_report_bad_sections() {
+        let env = vec![
+            ("ARGUS_SPOOL_MAX_BYTES".to_string(), "1048576".to_string()),
+            ("ARGUS_AGENT_NAME".to_string(), "web-1".to_string()),
+            ("ARGUS_SPOOL_FSYNC".to_string(), "batch".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let (cfg, p) = AgentConfig::from_str("[agent]\nname = \"file\"\n", Path::new("f.toml"), env);
+        assert!(p.is_empty(), "{p:?}");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.spool.max_bytes, 1 << 20);
+        assert_eq!(cfg.agent.name, "web-1");
+        assert_eq!(cfg.spool.fsync, FsyncSetting::EveryBatch);
+    }
+
+    #[test]
+    fn cross_field_rules_are_enforced() {
+        let (_, p) = load("[agent]\ninterval = \"2h\"\n[spool]\nmax_bytes = 100000\nsegment_bytes = 65536\n");
+        let keys: Vec<String> = p
+            .errors
+            .iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(keys, vec!["agent.interval", "spool.max_bytes"]);
+    }
+}

@@ -1,0 +1,9 @@
+//! argus-common: everything the agent and the coordinator must agree on.
+//!
+//! - [`model`]: samples, labels, series definitions and metric naming rules.
+//! - [`wire`]: the framed, versioned protocol spoken over QUIC.
+//! - [`config`]: the error type every config loader reports through.
+
+pub mod config;
+pub mod model;
+pub mod wire;
