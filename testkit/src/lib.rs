@@ -1,0 +1,8 @@
+//! Support shared by integration tests and benchmarks.
+//!
+//! - [`docker`]: a test image built from Debian's busybox-static (no registry can be
+//!   reached), and containers that are removed however the test ends.
+//! - [`proc`]: CPU and memory of processes, for benchmarks.
+
+pub mod docker;
+pub mod proc;
