@@ -63,8 +63,8 @@ pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Heap bytes a decoded value may hold per byte of its encoding.
 pub const DECODE_BUDGET_FACTOR: usize = 8;
 
-/// Heap bytes every decode may hold regardless of its length, so a message under 16 KiB
-/// is never refused for its budget, however many tiny strings it holds.
+/// Heap bytes every decode may hold regardless of its length, so a well-formed message
+/// under 16 KiB is never refused for its budget, however many tiny strings it holds.
 pub const DECODE_BUDGET_SLACK: usize = 256 * 1024;
 
 /// Longest identifier-like string: ids, names, addresses, versions, units, capabilities.
