@@ -255,7 +255,7 @@ impl Default for SpoolSection {
         SpoolSection {
             max_bytes: 256 << 20,
             segment_bytes: 8 << 20,
-            fsync: FsyncSetting::Every(Duration::from_secs(1)),
+            fsync: FsyncSetting::EveryBatch,
             when_full: WhenFull::DropOldest,
         }
     }
@@ -725,7 +725,7 @@ expect_status = "600"
     #[test]
     fn env_overrides_keep_types_and_report_bad_sections() {
         let env = vec![
-            ("ARGUS_SPOOL_MAX_BYTES".to_string(), "1048576".to_string()),
+            ("ARGUS_SPOOL_MAX_BYTES".to_string(), "33554432".to_string()),
             ("ARGUS_AGENT_NAME".to_string(), "web-1".to_string()),
             ("ARGUS_SPOOL_FSYNC".to_string(), "batch".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
@@ -733,7 +733,7 @@ expect_status = "600"
         let (cfg, p) = AgentConfig::from_str("[agent]\nname = \"file\"\n", Path::new("f.toml"), env);
         assert!(p.is_empty(), "{p:?}");
         let cfg = cfg.unwrap();
-        assert_eq!(cfg.spool.max_bytes, 1 << 20);
+        assert_eq!(cfg.spool.max_bytes, 32 << 20);
         assert_eq!(cfg.agent.name, "web-1");
         assert_eq!(cfg.spool.fsync, FsyncSetting::EveryBatch);
     }

@@ -149,6 +149,7 @@ impl Runner {
             }
         };
         tokio::pin!(stop);
+        let mut last_sync = std::time::Instant::now();
         loop {
             let now = now_ms();
             let next = next_tick_after(now, self.interval_ms);
@@ -158,12 +159,17 @@ impl Runner {
                 _ = sleep => {}
             }
             self.tick(next).await?;
-            if self.spool.needs_sync() {
-                self.spool.sync()?;
+            if let Some(every) = self.spool.sync_interval()
+                && last_sync.elapsed() >= every
+            {
+                if self.spool.needs_sync() {
+                    self.spool.sync()?;
+                }
+                last_sync = std::time::Instant::now();
             }
         }
         tracing::info!("stopping: syncing the spool");
-        self.spool.sync()?;
+        self.spool.close()?;
         Ok(())
     }
 }
