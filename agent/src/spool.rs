@@ -15,7 +15,7 @@
 //! - `dictionary.log`: series definitions, retirements and the ref high-water mark.
 //!
 //! Every record in every file is framed as `[len u32][crc32 u32][version u8][kind u8]
-//! [postcard payload]` (see [`record`]). Recovery keeps every record before the first
+//! [postcard payload]` (see the `record` submodule). Recovery keeps every record before the first
 //! torn or damaged one and cuts the file there.
 //!
 //! Durability order: a series def reaches the disk no later than any batch that uses
@@ -226,7 +226,10 @@ impl Spool {
         let (mut floor, floor_torn) = FloorLog::open(&dir.join(FLOOR_FILE))?;
         let opened = Segments::open(&dir, floor.floor(), cfg.segment_bytes)?;
         let segments = opened.segments;
-        let next_seq = FIRST_SEQ.max(floor.floor()).max(opened.next_seq_hint);
+        let next_seq = FIRST_SEQ
+            .max(floor.floor())
+            .max(floor.next_seq())
+            .max(opened.next_seq_hint);
         let lowest = segments.lowest_live().unwrap_or(next_seq);
         floor.raise(lowest)?;
         let (dictionary, dict_torn) = Dictionary::open(&dir.join(DICTIONARY_FILE), lowest)?;
@@ -475,6 +478,13 @@ impl Spool {
     fn settle(&mut self) -> Result<(), SpoolError> {
         let lowest = self.lowest_seq();
         self.floor.raise(lowest)?;
+        // The segments no longer show how far seqs went (the newest segment was
+        // acknowledged and deleted, or seqs jumped): record it, or a restart would hand
+        // out acknowledged seqs again.
+        let on_disk = self.segments.last_seq().map_or(0, |s| s.saturating_add(1));
+        if self.floor.floor().max(on_disk) < self.next_seq {
+            self.floor.raise_next_seq(self.next_seq)?;
+        }
         self.dictionary.forget_below(lowest);
         self.compact_dictionary_if_due()
     }
@@ -607,6 +617,55 @@ fn new_incarnation(previous: u64) -> u64 {
         let n: u64 = rand::random();
         if n != 0 && n != previous {
             return n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_def_is_synced_before_the_batch_that_uses_it_even_on_the_interval_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = SpoolConfig::new(tmp.path());
+        cfg.fsync = FsyncPolicy::Interval(Duration::from_secs(3600));
+        let mut spool = Spool::open(cfg).unwrap();
+        let r = spool
+            .define("node_load1", &Labels::new(), MetricType::Gauge, "", "")
+            .unwrap();
+        assert!(spool.dictionary.is_dirty());
+        spool
+            .push(vec![PointGroup {
+                timestamp_ms: 0,
+                points: vec![(r, 0.5)],
+            }])
+            .unwrap();
+        assert!(
+            !spool.dictionary.is_dirty(),
+            "the def reached the disk first"
+        );
+        assert!(
+            spool.segments.is_dirty(),
+            "the batch waits for the interval"
+        );
+        spool.sync().unwrap();
+        assert!(!spool.needs_sync());
+    }
+
+    #[test]
+    fn the_default_config_is_valid_and_bounded() {
+        let cfg = SpoolConfig::new("/nonexistent");
+        assert!(validate(&cfg).is_ok());
+        assert_eq!(cfg.max_bytes / cfg.segment_bytes, 32);
+    }
+
+    #[test]
+    fn a_new_incarnation_differs_from_the_old_and_is_never_zero() {
+        for previous in [0, 1, u64::MAX] {
+            let n = new_incarnation(previous);
+            assert_ne!(n, previous);
+            assert_ne!(n, 0);
         }
     }
 }

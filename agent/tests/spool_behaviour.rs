@@ -677,3 +677,27 @@ fn an_invalid_config_is_refused_naming_the_directory() {
     assert!(matches!(err, SpoolError::Config { .. }));
     assert!(err.to_string().contains(&tmp.path().display().to_string()));
 }
+
+#[test]
+fn next_seq_survives_a_restart_after_the_newest_segment_was_acked_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.segment_bytes = 512;
+    let mut spool = Spool::open(cfg.clone()).unwrap();
+    let first = spool.next_seq();
+    for tag in 0..12 {
+        spool.push(batch(tag, 10)).unwrap();
+    }
+    // The oldest batch is still in flight; everything newer is acknowledged, so the
+    // newest segments are deleted and no batch on disk shows how far seqs went.
+    for seq in first + 1..first + 12 {
+        spool.ack(seq).unwrap();
+    }
+    assert_eq!(segment_files(tmp.path()).len(), 1);
+    let next = spool.next_seq();
+    drop(spool);
+    let mut spool = Spool::open(cfg).unwrap();
+    assert_eq!(spool.next_seq(), next);
+    assert_eq!(seqs(&all_pending(&mut spool))[0], first);
+    assert_eq!(spool.push(batch(99, 1)).unwrap().seq, next);
+}

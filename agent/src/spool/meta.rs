@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 const KIND_INCARNATION: u8 = 1;
 const KIND_FLOOR: u8 = 1;
+const KIND_NEXT_SEQ: u8 = 2;
 
 /// Past this size the floor log is rewritten as one record. Floors are ~20 bytes, so
 /// this is a few thousand acknowledgements between rewrites.
@@ -67,30 +68,44 @@ fn encode_or_err(path: &Path, kind: u8, value: &u64) -> Result<Vec<u8>, SpoolErr
     })
 }
 
-/// The persisted floor: the lowest seq that may still be in the spool.
+/// The persisted floor: the lowest seq that may still be in the spool, and a seq
+/// high-water mark for when the segment holding the newest batch is gone.
 ///
 /// Written without fsync on every change: losing the newest floors in a power loss only
-/// means some acknowledged batches are sent again, which delivery allows. It also keeps
-/// `next_seq` when the spool is empty and every segment file is gone.
+/// means some acknowledged batches are sent again, which delivery allows. The floor
+/// also keeps `next_seq` when the spool is empty and every segment file is gone; the
+/// mark keeps it when only the newest segment is gone (acknowledged out of order).
 pub(crate) struct FloorLog {
     log: AppendLog,
     floor: u64,
+    next_seq: u64,
+}
+
+#[derive(Default)]
+struct Marks {
+    floor: u64,
+    next_seq: u64,
+}
+
+impl Marks {
+    fn apply(&mut self, kind: u8, payload: &[u8]) -> Result<(), String> {
+        let value = postcard::from_bytes::<u64>(payload).map_err(|e| e.to_string())?;
+        match kind {
+            KIND_FLOOR => self.floor = self.floor.max(value),
+            KIND_NEXT_SEQ => self.next_seq = self.next_seq.max(value),
+            other => return Err(format!("unknown record kind {other}")),
+        }
+        Ok(())
+    }
 }
 
 impl FloorLog {
     /// Opens the log, recovering the highest floor written; returns it and whether a torn
     /// tail was dropped.
     pub(crate) fn open(path: &Path) -> Result<(FloorLog, bool), SpoolError> {
-        let mut floor = 0u64;
+        let mut marks = Marks::default();
         let scanned = if path.exists() {
-            record::scan_log(path, |_, kind, payload| {
-                if kind != KIND_FLOOR {
-                    return Err(format!("unknown record kind {kind}"));
-                }
-                let f = postcard::from_bytes::<u64>(payload).map_err(|e| e.to_string())?;
-                floor = floor.max(f);
-                Ok(())
-            })?
+            record::scan_log(path, |_, kind, payload| marks.apply(kind, payload))?
         } else {
             record::Scanned {
                 len: 0,
@@ -98,11 +113,21 @@ impl FloorLog {
             }
         };
         let log = AppendLog::open(path, scanned.len)?;
-        Ok((FloorLog { log, floor }, scanned.torn))
+        let floor_log = FloorLog {
+            log,
+            floor: marks.floor,
+            next_seq: marks.next_seq,
+        };
+        Ok((floor_log, scanned.torn))
     }
 
     pub(crate) fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// No seq below this was handed out (0 if never recorded).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
@@ -115,16 +140,30 @@ impl FloorLog {
             return Ok(());
         }
         self.floor = floor;
+        self.append(KIND_FLOOR, floor)
+    }
+
+    /// Records that no seq below `next_seq` may be handed out again.
+    pub(crate) fn raise_next_seq(&mut self, next_seq: u64) -> Result<(), SpoolError> {
+        if next_seq <= self.next_seq {
+            return Ok(());
+        }
+        self.next_seq = next_seq;
+        self.append(KIND_NEXT_SEQ, next_seq)
+    }
+
+    fn append(&mut self, kind: u8, value: u64) -> Result<(), SpoolError> {
         if self.log.len() >= FLOOR_LOG_REWRITE_BYTES {
             return self.rewrite();
         }
-        let bytes = encode_or_err(self.log.path(), KIND_FLOOR, &floor)?;
+        let bytes = encode_or_err(self.log.path(), kind, &value)?;
         self.log.append(&bytes).map(|_| ())
     }
 
     fn rewrite(&mut self) -> Result<(), SpoolError> {
         let path: PathBuf = self.log.path().to_path_buf();
-        let bytes = encode_or_err(&path, KIND_FLOOR, &self.floor)?;
+        let mut bytes = encode_or_err(&path, KIND_FLOOR, &self.floor)?;
+        bytes.extend(encode_or_err(&path, KIND_NEXT_SEQ, &self.next_seq)?);
         record::write_atomic(&path, &bytes)?;
         self.log = AppendLog::open(&path, bytes.len() as u64)?;
         Ok(())
@@ -158,14 +197,17 @@ mod tests {
         assert!(!torn);
         assert_eq!(log.floor(), 0);
         // Enough raises to force several rewrites.
+        log.raise_next_seq(20_000).unwrap();
         for f in 1..10_000u64 {
             log.raise(f).unwrap();
         }
         log.raise(5).unwrap();
+        log.raise_next_seq(7).unwrap();
         assert_eq!(log.floor(), 9_999);
         assert!(std::fs::metadata(&path).unwrap().len() <= FLOOR_LOG_REWRITE_BYTES + 32);
         drop(log);
         let (log, _) = FloorLog::open(&path).unwrap();
         assert_eq!(log.floor(), 9_999);
+        assert_eq!(log.next_seq(), 20_000, "the mark survives rewrites");
     }
 }

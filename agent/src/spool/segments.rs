@@ -238,6 +238,11 @@ impl Segments {
         seg.entries.get(seg.first_live).map(|e| e.seq)
     }
 
+    /// The newest seq still on disk, kept or not.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.segs.back()?.entries.last().map(|e| e.seq)
+    }
+
     /// Appends one encoded batch record, starting a new segment file when the current
     /// one would grow past the segment size. Returns whether a file was created.
     pub(crate) fn append(
