@@ -45,6 +45,7 @@ const FIRST_SEQ: u64 = 1;
 const INCARNATION_FILE: &str = "incarnation";
 const FLOOR_FILE: &str = "floor.log";
 const DICTIONARY_FILE: &str = "dictionary.log";
+const LOCK_FILE: &str = "lock";
 
 /// When written data is forced to the disk.
 ///
@@ -146,6 +147,8 @@ pub enum SpoolError {
     Encode { path: PathBuf, reason: String },
     #[error("spool {path}: a failed write could not be undone; reopen the spool")]
     Poisoned { path: PathBuf },
+    #[error("spool {path} is in use by another process (two agents sharing a state directory?)")]
+    Locked { path: PathBuf },
 }
 
 /// A batch to (re)send: its seq and its points.
@@ -210,6 +213,9 @@ pub struct Spool {
     dropped_samples_total: u64,
     torn_records_total: u64,
     corrupt_batches_total: u64,
+    /// Held for the spool's lifetime: two writers would interleave records and reuse
+    /// seqs. The OS releases it when the process dies, however it dies.
+    _lock: std::fs::File,
 }
 
 impl Spool {
@@ -220,6 +226,7 @@ impl Spool {
         validate(&cfg)?;
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(record::io_err(&dir, "creating"))?;
+        let lock = lock_dir(&dir)?;
         remove_leftover_temporaries(&dir);
         let incarnation = load_or_create_incarnation(&dir)?;
 
@@ -248,6 +255,7 @@ impl Spool {
             dropped_samples_total: 0,
             torn_records_total,
             corrupt_batches_total: 0,
+            _lock: lock,
         };
         spool.compact_dictionary_if_due()?;
         info!(
@@ -319,11 +327,8 @@ impl Spool {
     pub fn push(&mut self, groups: Vec<PointGroup>) -> Result<PushOutcome, SpoolError> {
         let seq = self.next_seq;
         let samples: u64 = groups.iter().map(|g| g.points.len() as u64).sum();
-        let bytes =
-            segments::encode_batch(seq, samples, &groups).map_err(|reason| SpoolError::Encode {
-                path: self.cfg.dir.clone(),
-                reason,
-            })?;
+        let bytes = segments::encode_batch(seq, samples, &groups)
+            .map_err(|e| e.into_spool_error(&self.cfg.dir))?;
         let len = bytes.len() as u64;
         if len > self.cfg.max_bytes {
             return Err(SpoolError::TooLarge {
@@ -568,6 +573,23 @@ fn validate(cfg: &SpoolConfig) -> Result<(), SpoolError> {
         return bad("the fsync interval must be above 0 (use EveryBatch to sync every push)");
     }
     Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(record::io_err(&path, "opening"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(record::io_err(&path, "locking")(e)),
+    }
 }
 
 /// A crash during an atomic replace can leave its temporary behind; it is never valid.

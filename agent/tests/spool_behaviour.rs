@@ -701,3 +701,38 @@ fn next_seq_survives_a_restart_after_the_newest_segment_was_acked_away() {
     assert_eq!(seqs(&all_pending(&mut spool))[0], first);
     assert_eq!(spool.push(batch(99, 1)).unwrap().seq, next);
 }
+
+#[test]
+fn a_spool_directory_is_used_by_one_spool_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(tmp.path())).unwrap();
+    assert!(matches!(
+        Spool::open(config(tmp.path())),
+        Err(SpoolError::Locked { .. })
+    ));
+    drop(spool);
+    assert!(Spool::open(config(tmp.path())).is_ok());
+}
+
+#[test]
+fn a_spool_written_by_a_newer_format_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(config(tmp.path())).unwrap();
+    spool.push(batch(1, 1)).unwrap();
+    drop(spool);
+    let seg = segment_files(tmp.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let body_len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    bytes[8] += 1; // the format version
+    let crc = crc32fast::hash(&bytes[8..8 + body_len]);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let err = Spool::open(config(tmp.path())).err().expect("refused");
+    assert!(
+        matches!(err, SpoolError::UnsupportedVersion { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&seg.display().to_string()));
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+}

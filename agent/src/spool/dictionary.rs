@@ -243,10 +243,7 @@ impl Dictionary {
     }
 
     fn append<T: Serialize>(&mut self, kind: u8, value: &T) -> Result<(), SpoolError> {
-        let bytes = record::encode(kind, value).map_err(|reason| SpoolError::Encode {
-            path: self.log.path().to_path_buf(),
-            reason,
-        })?;
+        let bytes = record::encode(kind, value).map_err(|e| e.into_spool_error(self.log.path()))?;
         self.log.append(&bytes)?;
         self.records += 1;
         Ok(())
@@ -265,11 +262,8 @@ impl Dictionary {
         let mut len = 0u64;
         let state = &self.state;
         record::write_atomic_with(&path, |w| {
-            let mut put = |bytes: Result<Vec<u8>, String>| {
-                let bytes = bytes.map_err(|reason| SpoolError::Encode {
-                    path: path.clone(),
-                    reason,
-                })?;
+            let mut put = |bytes: Result<Vec<u8>, record::EncodeError>| {
+                let bytes = bytes.map_err(|e| e.into_spool_error(&path))?;
                 w.write_all(&bytes)
                     .map_err(record::io_err(&path, "writing"))?;
                 written += 1;

@@ -62,10 +62,7 @@ pub(crate) fn write_incarnation(path: &Path, incarnation: u64) -> Result<(), Spo
 }
 
 fn encode_or_err(path: &Path, kind: u8, value: &u64) -> Result<Vec<u8>, SpoolError> {
-    record::encode(kind, value).map_err(|reason| SpoolError::Encode {
-        path: path.to_path_buf(),
-        reason,
-    })
+    record::encode(kind, value).map_err(|e| e.into_spool_error(path))
 }
 
 /// The persisted floor: the lowest seq that may still be in the spool, and a seq

@@ -26,19 +26,43 @@ pub(crate) const HEADER_BYTES: usize = 8;
 /// so a corrupt length costs at most this much memory, never gigabytes.
 pub(crate) const MAX_BODY_BYTES: u32 = 16 << 20;
 
+/// Why a record could not be encoded.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    TooLarge(usize),
+    Serialize(String),
+}
+
+impl EncodeError {
+    pub(crate) fn into_spool_error(self, path: &Path) -> SpoolError {
+        match self {
+            EncodeError::TooLarge(bytes) => SpoolError::TooLarge {
+                path: path.to_path_buf(),
+                bytes: bytes as u64,
+                max: u64::from(MAX_BODY_BYTES),
+            },
+            EncodeError::Serialize(reason) => SpoolError::Encode {
+                path: path.to_path_buf(),
+                reason,
+            },
+        }
+    }
+}
+
 /// Encodes one record. The payload is serialized straight after the header space,
 /// so a batch is copied once.
-pub(crate) fn encode<T: Serialize + ?Sized>(kind: u8, value: &T) -> Result<Vec<u8>, String> {
+pub(crate) fn encode<T: Serialize + ?Sized>(kind: u8, value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(&[0u8; HEADER_BYTES]);
     buf.push(FORMAT_VERSION);
     buf.push(kind);
-    let mut buf = postcard::to_extend(value, buf).map_err(|e| e.to_string())?;
+    let mut buf =
+        postcard::to_extend(value, buf).map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let body_len = buf.len() - HEADER_BYTES;
     let len = u32::try_from(body_len)
         .ok()
         .filter(|l| *l <= MAX_BODY_BYTES)
-        .ok_or_else(|| format!("record body of {body_len} bytes exceeds {MAX_BODY_BYTES}"))?;
+        .ok_or(EncodeError::TooLarge(buf.len()))?;
     let crc = crc32fast::hash(&buf[HEADER_BYTES..]);
     buf[0..4].copy_from_slice(&len.to_le_bytes());
     buf[4..8].copy_from_slice(&crc.to_le_bytes());

@@ -45,7 +45,7 @@ pub(crate) fn encode_batch(
     seq: u64,
     samples: u64,
     groups: &[PointGroup],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, record::EncodeError> {
     record::encode(
         KIND_BATCH,
         &BatchOut {
