@@ -11,12 +11,17 @@
 //!   series refs are scoped to it.
 //! - `segment-<first seq>.log`: batch records, appended in seq order.
 //! - `floor.log`: the lowest seq that may still be kept, so a restart neither resends
-//!   what was acknowledged nor reuses a seq after every segment was deleted.
+//!   what was acknowledged nor reuses a seq after the newest segments were deleted.
 //! - `dictionary.log`: series definitions, retirements and the ref high-water mark.
+//! - `lock`: held while a spool is open, so two agents never share a directory.
 //!
 //! Every record in every file is framed as `[len u32][crc32 u32][version u8][kind u8]
-//! [postcard payload]` (see the `record` submodule). Recovery keeps every record before the first
-//! torn or damaged one and cuts the file there.
+//! [postcard payload]` (see the `record` submodule). Recovery keeps every record
+//! before the first torn or damaged one and cuts the file there.
+//!
+//! The uplink's part: send `defs_from` before batches, send `pending` batches each
+//! with `lowest_seq`, call `ack` on every final Ack, and call `resume_after` on every
+//! `HelloOk`, the first one after opening included.
 //!
 //! Durability order: a series def reaches the disk no later than any batch that uses
 //! it. [`Spool::push`] syncs pending defs before writing the batch under either fsync
@@ -457,16 +462,19 @@ impl Spool {
         highest_applied_seq: Option<u64>,
         first_seq_since_open: u64,
     ) -> Result<ResumeOutcome, SpoolError> {
+        // The new identity is made durable first: a crash right after it can only
+        // leave applied batches to be sent again (a duplicate), never unsent ones
+        // removed as if they were applied.
+        let old = self.incarnation;
+        let new = new_incarnation(old);
+        meta::write_incarnation(&self.cfg.dir.join(INCARNATION_FILE), new)?;
+        self.incarnation = new;
         let mut removed = Removed::default();
         if let Some(applied) = highest_applied_seq {
             let through = applied.min(first_seq_since_open.saturating_sub(1));
             removed = self.segments.remove_through(through);
         }
         self.settle()?;
-        let old = self.incarnation;
-        let new = new_incarnation(old);
-        meta::write_incarnation(&self.cfg.dir.join(INCARNATION_FILE), new)?;
-        self.incarnation = new;
         warn!(
             dir = %self.cfg.dir.display(),
             old, new,
