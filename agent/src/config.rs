@@ -43,11 +43,11 @@ impl HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 3_600_000 == 0 && ms > 0 {
+        if ms > 0 && ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms > 0 && ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1_000 == 0 {
+        } else if ms.is_multiple_of(1_000) {
             write!(f, "{}s", ms / 1_000)
         } else {
             write!(f, "{ms}ms")
@@ -68,7 +68,7 @@ fn secs(s: u64) -> HumanDuration {
 
 /// The whole agent config. Section names are single words so that
 /// `ARGUS_<SECTION>_<KEY>` splits unambiguously.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AgentConfig {
     pub agent: AgentSection,
@@ -81,22 +81,6 @@ pub struct AgentConfig {
     pub metrics: MetricsSection,
     #[serde(rename = "probe")]
     pub probes: Vec<ProbeConfig>,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            agent: AgentSection::default(),
-            log: LogSection::default(),
-            host: HostSection::default(),
-            containers: ContainersSection::default(),
-            jobs: JobsSection::default(),
-            spool: SpoolSection::default(),
-            limits: LimitsSection::default(),
-            metrics: MetricsSection::default(),
-            probes: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -6,7 +6,7 @@
 //! - [`spool`]: the on-disk bounded queue batches wait in until acknowledged.
 //! - [`exposition`]: the Prometheus text format and JSON renderings.
 //! - [`runner`] and [`serve`]: the `run` and `serve-metrics` commands.
-//! - [`config`]: `argus-agent.toml`.
+//! - [`config`]: the agent's TOML config file.
 
 pub mod collect;
 pub mod collection;
