@@ -99,8 +99,11 @@ impl Collectors {
         if let Some(host) = &mut self.host {
             let (mut f, start, before) = (Families::new(), Instant::now(), errors.len());
             host.collect(&mut f, &mut errors);
-            self.stats
-                .record_collector(CollectorKind::Host, start.elapsed(), errors.len() - before);
+            self.stats.record_collector(
+                CollectorKind::Host,
+                start.elapsed(),
+                errors.len() - before,
+            );
             jobs.push((self.jobs.node.clone(), f));
         }
 

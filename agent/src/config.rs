@@ -21,9 +21,9 @@ pub struct HumanDuration(pub Duration);
 impl HumanDuration {
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("`{s}` has no unit; expected a number followed by ms, s, m or h"))?;
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("`{s}` has no unit; expected a number followed by ms, s, m or h")
+        })?;
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -33,7 +33,11 @@ impl HumanDuration {
             "s" => n.checked_mul(1_000),
             "m" => n.checked_mul(60_000),
             "h" => n.checked_mul(3_600_000),
-            _ => return Err(format!("`{s}` has unknown unit `{unit}`; expected ms, s, m or h")),
+            _ => {
+                return Err(format!(
+                    "`{s}` has unknown unit `{unit}`; expected ms, s, m or h"
+                ));
+            }
         };
         ms.map(|ms| HumanDuration(Duration::from_millis(ms)))
             .ok_or_else(|| format!("`{s}` is too large"))
@@ -357,9 +361,13 @@ impl ProbeConfig {
                 "url".into(),
                 "set either url (HTTP) or address (TCP), not both".into(),
             )),
-            (None, None) => Err(("url".into(), "one of url (HTTP) or address (TCP) is required".into())),
+            (None, None) => Err((
+                "url".into(),
+                "one of url (HTTP) or address (TCP) is required".into(),
+            )),
             (Some(u), None) => {
-                let parsed = url::Url::parse(u).map_err(|e| ("url".to_string(), format!("`{u}` is not a valid URL: {e}")))?;
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| ("url".to_string(), format!("`{u}` is not a valid URL: {e}")))?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(("url".into(), format!("`{u}`: scheme must be http or https")));
                 }
@@ -372,11 +380,12 @@ impl ProbeConfig {
                 let (host, port) = a
                     .rsplit_once(':')
                     .ok_or_else(|| ("address".to_string(), format!("`{a}` must be host:port")))?;
-                let port: u16 = port
-                    .parse()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| ("address".to_string(), format!("`{a}`: port must be 1-65535")))?;
+                let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    (
+                        "address".to_string(),
+                        format!("`{a}`: port must be 1-65535"),
+                    )
+                })?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 if host.is_empty() {
                     return Err(("address".into(), format!("`{a}` has no host")));
@@ -413,7 +422,10 @@ impl AgentConfig {
     ///
     /// Returns the config (defaults filled in, unusable probes removed) unless an
     /// unrecoverable problem prevents building one; `problems` lists everything found.
-    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> (Option<AgentConfig>, Problems) {
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Option<AgentConfig>, Problems) {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_str(&text, path, env),
             Err(e) => {
@@ -452,7 +464,8 @@ impl AgentConfig {
         let mut track = serde_path_to_error::Track::new();
         let value = toml::Value::Table(table);
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
-        let parsed: Result<AgentConfig, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        let parsed: Result<AgentConfig, _> =
+            serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
         let mut cfg = match parsed {
             Ok(c) => c,
             Err(e) => {
@@ -486,7 +499,10 @@ impl AgentConfig {
         };
         let iv = self.agent.interval.0;
         if iv < Duration::from_millis(100) || iv > Duration::from_secs(3600) {
-            bad("agent.interval", format!("{} is outside 100ms..1h", self.agent.interval));
+            bad(
+                "agent.interval",
+                format!("{} is outside 100ms..1h", self.agent.interval),
+            );
         }
         if self.spool.max_bytes < self.spool.segment_bytes.saturating_mul(2) {
             bad(
@@ -507,7 +523,10 @@ impl AgentConfig {
                 bad(key, "must not be empty".into());
             }
         }
-        if self.limits.max_labels == 0 || self.limits.max_series == 0 || self.limits.max_label_value_len == 0 {
+        if self.limits.max_labels == 0
+            || self.limits.max_series == 0
+            || self.limits.max_label_value_len == 0
+        {
             bad("limits", "limits must be greater than zero".into());
         }
         let mut names = HashSet::new();
@@ -517,7 +536,10 @@ impl AgentConfig {
             if p.name.is_empty() {
                 reasons.push(("name".to_string(), "is required".to_string()));
             } else if !names.insert(p.name.clone()) {
-                reasons.push(("name".into(), format!("`{}` is used by an earlier probe", p.name)));
+                reasons.push((
+                    "name".into(),
+                    format!("`{}` is used by an earlier probe", p.name),
+                ));
             }
             if let Err(r) = p.target() {
                 reasons.push(r);
@@ -531,7 +553,10 @@ impl AgentConfig {
             if p.interval.0 < iv {
                 reasons.push((
                     "interval".into(),
-                    format!("{} is shorter than agent.interval ({})", p.interval, self.agent.interval),
+                    format!(
+                        "{} is shorter than agent.interval ({})",
+                        p.interval, self.agent.interval
+                    ),
                 ));
             }
             if reasons.is_empty() {
@@ -570,7 +595,11 @@ fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 
 /// Applies `ARGUS_<SECTION>_<KEY>=value` overrides. A value that parses as TOML
 /// (number, bool, array) keeps that type; anything else is a string.
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>, problems: &mut Problems) {
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Problems,
+) {
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix("ARGUS_") else {
             continue;
@@ -623,11 +652,21 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!(HumanDuration::parse("250ms").unwrap().0, Duration::from_millis(250));
-        assert_eq!(HumanDuration::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert_eq!(
+            HumanDuration::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            HumanDuration::parse("2m").unwrap().0,
+            Duration::from_secs(120)
+        );
         assert_eq!(HumanDuration::parse("1h").unwrap().to_string(), "1h");
         assert!(HumanDuration::parse("10").unwrap_err().contains("no unit"));
-        assert!(HumanDuration::parse("10d").unwrap_err().contains("unknown unit"));
+        assert!(
+            HumanDuration::parse("10d")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(HumanDuration::parse("99999999999999999999h").is_err());
     }
 
@@ -637,7 +676,10 @@ mod tests {
         let cfg = cfg.unwrap();
         assert_eq!(cfg.spool.max_bytes, 1 << 30);
         let msgs: Vec<String> = p.all().map(|e| e.to_string()).collect();
-        assert_eq!(msgs, vec!["argus-agent.toml: unknown key `agent.intervall`"]);
+        assert_eq!(
+            msgs,
+            vec!["argus-agent.toml: unknown key `agent.intervall`"]
+        );
         assert!(p.errors.is_empty());
     }
 
@@ -646,7 +688,10 @@ mod tests {
         let (cfg, p) = load("[agent]\ninterval = 5\n");
         assert!(cfg.is_none());
         let msg = p.errors[0].to_string();
-        assert!(msg.starts_with("argus-agent.toml: agent.interval:"), "{msg}");
+        assert!(
+            msg.starts_with("argus-agent.toml: agent.interval:"),
+            "{msg}"
+        );
         assert!(msg.contains("string"), "{msg}");
     }
 
@@ -654,7 +699,11 @@ mod tests {
     fn syntax_error_names_the_line() {
         let (cfg, p) = load("[agent]\nname = \"x\"\ninterval = \n");
         assert!(cfg.is_none());
-        assert!(p.errors[0].to_string().contains("line 3"), "{}", p.errors[0]);
+        assert!(
+            p.errors[0].to_string().contains("line 3"),
+            "{}",
+            p.errors[0]
+        );
     }
 
     #[test]
@@ -678,8 +727,16 @@ expect_status = "600"
         assert_eq!(cfg.probes.len(), 1);
         assert_eq!(cfg.probes[0].name, "web");
         let msgs: Vec<String> = p.recoverable.iter().map(|e| e.to_string()).collect();
-        assert!(msgs[0].starts_with("argus-agent.toml: probe[1].url: `http//missing-colon` is not a valid URL"), "{msgs:?}");
-        assert!(msgs[1].contains("probe[2].expect_status: 600 is outside"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with(
+                "argus-agent.toml: probe[1].url: `http//missing-colon` is not a valid URL"
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("probe[2].expect_status: 600 is outside"),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -692,7 +749,13 @@ expect_status = "600"
         };
         assert!(p(None, None).target().is_err());
         assert!(p(Some("http://a"), Some("a:1")).target().is_err());
-        assert!(p(Some("ftp://a/"), None).target().unwrap_err().1.contains("scheme"));
+        assert!(
+            p(Some("ftp://a/"), None)
+                .target()
+                .unwrap_err()
+                .1
+                .contains("scheme")
+        );
         assert_eq!(
             p(None, Some("[::1]:22")).target().unwrap(),
             ProbeTarget::Tcp {
@@ -714,7 +777,8 @@ expect_status = "600"
             ("ARGUS_SPOOL_FSYNC".to_string(), "batch".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
-        let (cfg, p) = AgentConfig::from_str("[agent]\nname = \"file\"\n", Path::new("f.toml"), env);
+        let (cfg, p) =
+            AgentConfig::from_str("[agent]\nname = \"file\"\n", Path::new("f.toml"), env);
         assert!(p.is_empty(), "{p:?}");
         let cfg = cfg.unwrap();
         assert_eq!(cfg.spool.max_bytes, 32 << 20);
@@ -724,7 +788,9 @@ expect_status = "600"
 
     #[test]
     fn cross_field_rules_are_enforced() {
-        let (_, p) = load("[agent]\ninterval = \"2h\"\n[spool]\nmax_bytes = 100000\nsegment_bytes = 65536\n");
+        let (_, p) = load(
+            "[agent]\ninterval = \"2h\"\n[spool]\nmax_bytes = 100000\nsegment_bytes = 65536\n",
+        );
         let keys: Vec<String> = p
             .errors
             .iter()

@@ -129,7 +129,12 @@ mod tests {
 
     fn sample() -> Collection {
         let mut f = Families::new();
-        f.counter("node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", &[("cpu", "0"), ("mode", "idle")], 12.5);
+        f.counter(
+            "node_cpu_seconds_total",
+            "Seconds the CPUs spent in each mode.",
+            &[("cpu", "0"), ("mode", "idle")],
+            12.5,
+        );
         f.gauge("node_load1", "1m load average.\nSecond line", &[], f64::NAN);
         f.gauge("node_weird", "x", &[("path", "a\"b")], f64::INFINITY);
         Collection {

@@ -14,7 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const DEFAULT_CONFIG: &str = "/etc/argus/argus-agent.toml";
 
 #[derive(Parser)]
-#[command(name = "argus-agent", version, about = "Collects host, container and service-health metrics")]
+#[command(
+    name = "argus-agent",
+    version,
+    about = "Collects host, container and service-health metrics"
+)]
 struct Cli {
     /// Config file; defaults to /etc/argus/argus-agent.toml when it exists, else built-in defaults.
     #[arg(long, short, global = true)]
@@ -72,10 +76,15 @@ fn main() -> Result<()> {
             }
             Command::ServeMetrics { listen } => {
                 let addr = listen.unwrap_or_else(|| cfg.metrics.listen.clone());
-                argus_agent::serve::serve_metrics(cfg, &addr).await
+                argus_agent::serve::serve_metrics(cfg, &addr)
+                    .await
                     .with_context(|| format!("serving metrics on {addr}"))
             }
-            Command::Run => Runner::start(cfg).await?.run_until_signal().await.map_err(Into::into),
+            Command::Run => Runner::start(cfg)
+                .await?
+                .run_until_signal()
+                .await
+                .map_err(Into::into),
             Command::CheckConfig { .. } => unreachable!("handled above"),
         }
     })
@@ -90,7 +99,11 @@ fn check_config(file: &Path) -> Result<()> {
     for p in problems.all() {
         eprintln!("error: {p}");
     }
-    bail!("{} has {} problem(s)", file.display(), problems.all().count())
+    bail!(
+        "{} has {} problem(s)",
+        file.display(),
+        problems.all().count()
+    )
 }
 
 /// Loads the config for a command that runs: unrecoverable problems stop it, the
@@ -123,7 +136,9 @@ fn init_logging(cfg: &AgentConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -148,7 +163,12 @@ async fn collect_once(cfg: &AgentConfig, format: Format) -> Result<()> {
     }
     let instance = cfg.instance(&host_name(&cfg.host.proc_root));
     let text = match format {
-        Format::Prom => render_text(&collection, Target::Stored { instance: &instance }),
+        Format::Prom => render_text(
+            &collection,
+            Target::Stored {
+                instance: &instance,
+            },
+        ),
         Format::Json => render_json(&collection, &instance),
     };
     use std::io::Write;

@@ -21,7 +21,10 @@ pub enum RunError {
     #[error(transparent)]
     Collect(#[from] crate::collect::CollectError),
     #[error("creating state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Runner {
@@ -104,9 +107,11 @@ impl Runner {
             }
         }
         let spool = &mut self.spool;
-        let points = self.tracker.observe(&collection.jobs, |name, labels, kind, unit, help| {
-            spool.define(name, labels, kind, unit, help)
-        })?;
+        let points = self
+            .tracker
+            .observe(&collection.jobs, |name, labels, kind, unit, help| {
+                spool.define(name, labels, kind, unit, help)
+            })?;
         for (reason, n) in &points.refused {
             self.stats.record_refused(reason.as_str(), *n);
         }
@@ -121,7 +126,10 @@ impl Runner {
                 // when_full = "block": this tick is lost and counted; the ended series'
                 // refs are still retired so the dictionary cannot grow without bound.
                 self.stats.record_refused("spool_full", count as u64);
-                tracing::warn!(samples = count, "spool full (when_full = \"block\"): tick not stored");
+                tracing::warn!(
+                    samples = count,
+                    "spool full (when_full = \"block\"): tick not stored"
+                );
                 self.spool.next_seq().saturating_sub(1)
             }
             Err(e) => return Err(e.into()),
@@ -130,14 +138,17 @@ impl Runner {
             self.spool.retire(r, seq)?;
         }
         let s = self.spool.stats();
-        self.stats.record_collection(count, self.tracker.live_series());
-        self.stats.record_spool(s.bytes, s.batches, s.dropped_samples_total);
+        self.stats
+            .record_collection(count, self.tracker.live_series());
+        self.stats
+            .record_spool(s.bytes, s.batches, s.dropped_samples_total);
         Ok(())
     }
 
     /// Collects on the grid until SIGINT or SIGTERM, then syncs the spool.
     pub async fn run_until_signal(mut self) -> Result<(), RunError> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let stop = async move {
             match term.as_mut() {
                 Some(t) => {

@@ -64,12 +64,27 @@ impl SeriesTracker {
     /// Starts from the dictionary persisted by a previous run: those series count as
     /// seen in the previous tick, so one that vanished while the agent was down still
     /// gets its StaleNaN.
-    pub fn new(limits: SeriesLimits, dictionary: impl IntoIterator<Item = (SeriesKey, SeriesRef)>) -> Self {
+    pub fn new(
+        limits: SeriesLimits,
+        dictionary: impl IntoIterator<Item = (SeriesKey, SeriesRef)>,
+    ) -> Self {
         let live = dictionary
             .into_iter()
-            .map(|(k, r)| (k, Live { series_ref: r, seen: 0 }))
+            .map(|(k, r)| {
+                (
+                    k,
+                    Live {
+                        series_ref: r,
+                        seen: 0,
+                    },
+                )
+            })
             .collect();
-        SeriesTracker { live, limits, tick: 0 }
+        SeriesTracker {
+            live,
+            limits,
+            tick: 0,
+        }
     }
 
     pub fn live_series(&self) -> usize {
@@ -104,8 +119,20 @@ impl SeriesTracker {
                         *refused.entry(r).or_default() += 1;
                         continue;
                     }
-                    let series_ref = define(&fam.name, &key.1, fam.kind, unit_from_name(&fam.name), &fam.help)?;
-                    self.live.insert(key, Live { series_ref, seen: tick });
+                    let series_ref = define(
+                        &fam.name,
+                        &key.1,
+                        fam.kind,
+                        unit_from_name(&fam.name),
+                        &fam.help,
+                    )?;
+                    self.live.insert(
+                        key,
+                        Live {
+                            series_ref,
+                            seen: tick,
+                        },
+                    );
                     out.points.push((series_ref, *value));
                 }
             }
@@ -132,7 +159,9 @@ impl SeriesTracker {
 
     fn admit(&self, labels: &Labels) -> Option<Refusal> {
         if labels.len() > self.limits.max_labels
-            || labels.iter().any(|(_, v)| v.len() > self.limits.max_label_value_len)
+            || labels
+                .iter()
+                .any(|(_, v)| v.len() > self.limits.max_label_value_len)
         {
             return Some(Refusal::LabelLimit);
         }
@@ -158,12 +187,18 @@ mod tests {
     fn fams(ifaces: &[&str]) -> Vec<(String, Families)> {
         let mut f = Families::new();
         for i in ifaces {
-            f.counter("node_network_receive_bytes_total", "h", &[("device", i)], 1.0);
+            f.counter(
+                "node_network_receive_bytes_total",
+                "h",
+                &[("device", i)],
+                1.0,
+            );
         }
         vec![("node".to_string(), f)]
     }
 
-    fn counting_definer() -> impl FnMut(&str, &Labels, MetricType, &str, &str) -> Result<SeriesRef, Infallible> {
+    fn counting_definer()
+    -> impl FnMut(&str, &Labels, MetricType, &str, &str) -> Result<SeriesRef, Infallible> {
         let mut next = 0;
         move |_, _, _, _, _| {
             next += 1;
@@ -200,7 +235,9 @@ mod tests {
         held.hold("service", "web");
         let out = t.observe(&[("blackbox".into(), held)], &mut def).unwrap();
         assert!(out.points.is_empty() && out.ended.is_empty());
-        let out = t.observe(&[("blackbox".into(), Families::new())], &mut def).unwrap();
+        let out = t
+            .observe(&[("blackbox".into(), Families::new())], &mut def)
+            .unwrap();
         assert_eq!(out.ended, vec![1]);
     }
 
@@ -231,10 +268,20 @@ mod tests {
         for d in ["a", "b", "c"] {
             f.counter("x_total", "h", &[("device", d)], 1.0);
         }
-        f.counter("y_total", "h", &[("device", "a-very-long-label-value")], 1.0);
-        let out = t.observe(&[("node".into(), f)], counting_definer()).unwrap();
+        f.counter(
+            "y_total",
+            "h",
+            &[("device", "a-very-long-label-value")],
+            1.0,
+        );
+        let out = t
+            .observe(&[("node".into(), f)], counting_definer())
+            .unwrap();
         assert_eq!(out.points.len(), 2);
-        assert_eq!(out.refused, vec![(Refusal::SeriesLimit, 1), (Refusal::LabelLimit, 1)]);
+        assert_eq!(
+            out.refused,
+            vec![(Refusal::SeriesLimit, 1), (Refusal::LabelLimit, 1)]
+        );
     }
 
     #[test]

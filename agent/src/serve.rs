@@ -19,7 +19,10 @@ use tokio::sync::Mutex;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Collect(#[from] crate::collect::CollectError),
     #[error("server failed: {0}")]
@@ -31,7 +34,10 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Builds the router; separate from [`serve_metrics`] so tests can bind port 0.
 pub fn router(cfg: &AgentConfig) -> Result<Router, ServeError> {
-    let collectors = Arc::new(Mutex::new(Collectors::from_config(cfg, Arc::new(AgentStats::default()))?));
+    let collectors = Arc::new(Mutex::new(Collectors::from_config(
+        cfg,
+        Arc::new(AgentStats::default()),
+    )?));
     let interval_ms = cfg.agent.interval.0.as_millis() as i64;
     let metrics = move || {
         let collectors = collectors.clone();
@@ -65,10 +71,12 @@ pub fn router(cfg: &AgentConfig) -> Result<Router, ServeError> {
 
 pub async fn serve_metrics(cfg: AgentConfig, addr: &str) -> Result<(), ServeError> {
     let app = router(&cfg)?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     tracing::info!(%addr, "serving metrics at /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -14,7 +14,9 @@ fn net_dev(devices: &[(&str, u64)]) -> String {
         "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n",
     );
     for (d, rx) in devices {
-        s.push_str(&format!("{d:>6}: {rx} 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n"));
+        s.push_str(&format!(
+            "{d:>6}: {rx} 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n"
+        ));
     }
     s
 }
@@ -43,7 +45,11 @@ async fn ticks_are_spooled_and_vanished_series_end_with_stale_nan() {
     let proc_root = dir.path().join("proc");
     std::fs::create_dir_all(proc_root.join("net")).unwrap();
     std::fs::write(proc_root.join("loadavg"), "0.10 0.20 0.30 1/100 4242\n").unwrap();
-    std::fs::write(proc_root.join("net/dev"), net_dev(&[("eth0", 100), ("veth9", 5)])).unwrap();
+    std::fs::write(
+        proc_root.join("net/dev"),
+        net_dev(&[("eth0", 100), ("veth9", 5)]),
+    )
+    .unwrap();
     let state = dir.path().join("state");
 
     let mut runner = Runner::start(config(&state, &proc_root)).await.unwrap();
@@ -60,7 +66,10 @@ async fn ticks_are_spooled_and_vanished_series_end_with_stale_nan() {
     let batches = spool.pending(0, 10).unwrap();
     assert_eq!(batches.len(), 2);
     let (first, second) = (&batches[0].1, &batches[1].1);
-    assert_eq!(first[0].timestamp_ms, 10_000, "timestamps are the scheduled tick");
+    assert_eq!(
+        first[0].timestamp_ms, 10_000,
+        "timestamps are the scheduled tick"
+    );
     assert_eq!(second[0].timestamp_ms, 11_000);
     let value = |groups: &Vec<argus_common::model::PointGroup>, r: SeriesRef| {
         groups[0].points.iter().find(|p| p.0 == r).map(|p| p.1)
@@ -83,7 +92,11 @@ async fn ticks_are_spooled_and_vanished_series_end_with_stale_nan() {
         .map(|p| p.0)
         .collect();
     // Retired defs are no longer live but stay available to the uplink.
-    assert!(spool.dictionary().all(|d| d.labels.get("device") != Some("veth9")));
+    assert!(
+        spool
+            .dictionary()
+            .all(|d| d.labels.get("device") != Some("veth9"))
+    );
     let veth9_refs: Vec<SeriesRef> = spool
         .defs_from(0)
         .filter(|d| d.labels.get("device") == Some("veth9"))
@@ -91,9 +104,16 @@ async fn ticks_are_spooled_and_vanished_series_end_with_stale_nan() {
         .collect();
     assert!(!veth9_refs.is_empty());
     for r in &veth9_refs {
-        assert!(veth_stale.contains(r), "series {r} of veth9 has no StaleNaN");
+        assert!(
+            veth_stale.contains(r),
+            "series {r} of veth9 has no StaleNaN"
+        );
     }
-    assert_eq!(veth_stale.len(), veth9_refs.len(), "only veth9's series end");
+    assert_eq!(
+        veth_stale.len(),
+        veth9_refs.len(),
+        "only veth9's series end"
+    );
     drop(spool);
 
     // Restart: same incarnation, same refs; veth9 is not resurrected.

@@ -55,7 +55,9 @@ fn main() -> Result<()> {
     let ne_port = free_port()?;
 
     let engine = proc::pids_named(ENGINE);
-    println!("measuring the Docker engine's idle baseline for {secs} s with {CONTAINERS} containers running...");
+    println!(
+        "measuring the Docker engine's idle baseline for {secs} s with {CONTAINERS} containers running..."
+    );
     let e0 = proc::cpu_seconds_of(&engine);
     std::thread::sleep(Duration::from_secs(secs));
     let engine_idle = proc::cpu_seconds_of(&engine) - e0;
@@ -134,16 +136,24 @@ timeout = "500ms"
     println!(
         "agent_footprint: {wall:.0} s; argus-agent at 1 s with host + {CONTAINERS} containers + 2 probes; node_exporter scraped {scrapes}x ({scrape_bytes} bytes each)"
     );
-    println!("{:<34} {:>8} {:>10} {:>12}", "", "cpu_s", "%_of_core", "peak_rss_MB");
+    println!(
+        "{:<34} {:>8} {:>10} {:>12}",
+        "", "cpu_s", "%_of_core", "peak_rss_MB"
+    );
     let row = |name: &str, cpu: f64, rss: Option<f64>| {
-        let rss = rss.map(|r| format!("{r:12.1}")).unwrap_or_else(|| format!("{:>12}", "-"));
+        let rss = rss
+            .map(|r| format!("{r:12.1}"))
+            .unwrap_or_else(|| format!("{:>12}", "-"));
         println!("{name:<34} {cpu:8.3} {:10.2} {rss}", 100.0 * cpu / wall);
     };
     row("argus-agent", agent_cpu, Some(agent_rss));
     row("docker engine, extra over idle", engine_extra, None);
     row("argus-agent + engine extra", total, Some(agent_rss));
     row("prometheus-node-exporter", ne_cpu, Some(ne_rss));
-    println!("agent spool on disk after the run: {:.1} MB", spool as f64 / 1e6);
+    println!(
+        "agent spool on disk after the run: {:.1} MB",
+        spool as f64 / 1e6
+    );
     println!(
         "ratio cpu  (agent + engine extra) / node_exporter = {:.2}  (target <= 0.50)",
         total / ne_cpu
@@ -159,7 +169,14 @@ timeout = "500ms"
 fn build_agent() -> Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "argus-agent", "--bin", "argus-agent"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "argus-agent",
+            "--bin",
+            "argus-agent",
+        ])
         .current_dir(&root)
         .status()
         .context("running cargo build")?;

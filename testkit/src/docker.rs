@@ -78,11 +78,13 @@ pub fn ensure_busybox_image() -> Result<&'static str, DockerError> {
     for d in ["tmp", "proc", "sys", "dev", "etc", "www"] {
         let _ = std::fs::create_dir_all(dir.join(d));
     }
-    std::fs::copy(BUSYBOX, bin.join("busybox")).map_err(|e| DockerError(format!("copy busybox: {e}")))?;
+    std::fs::copy(BUSYBOX, bin.join("busybox"))
+        .map_err(|e| DockerError(format!("copy busybox: {e}")))?;
     for a in APPLETS {
         let link = bin.join(a);
         if !link.exists() {
-            std::os::unix::fs::symlink("busybox", &link).map_err(|e| DockerError(format!("{}: {e}", link.display())))?;
+            std::os::unix::fs::symlink("busybox", &link)
+                .map_err(|e| DockerError(format!("{}: {e}", link.display())))?;
         }
     }
     let _ = std::fs::write(dir.join("www/index.html"), "ok\n");
@@ -156,7 +158,11 @@ impl Containers {
     pub fn start(image: &str, n: usize, prefix: &str) -> Result<Containers, DockerError> {
         let mut v = Vec::with_capacity(n);
         for i in 0..n {
-            v.push(Container::run(&format!("{prefix}-{i}"), image, &["sleep", "3600"])?);
+            v.push(Container::run(
+                &format!("{prefix}-{i}"),
+                image,
+                &["sleep", "3600"],
+            )?);
         }
         Ok(Containers(v))
     }

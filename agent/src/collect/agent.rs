@@ -18,7 +18,11 @@ pub enum CollectorKind {
 }
 
 impl CollectorKind {
-    pub const ALL: [CollectorKind; 3] = [CollectorKind::Host, CollectorKind::Containers, CollectorKind::Probes];
+    pub const ALL: [CollectorKind; 3] = [
+        CollectorKind::Host,
+        CollectorKind::Containers,
+        CollectorKind::Probes,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

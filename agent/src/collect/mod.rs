@@ -10,7 +10,6 @@ pub mod containers;
 pub mod host;
 pub mod probes;
 
-
 use argus_common::model::{Labels, MetricType};
 use std::collections::HashMap;
 use std::path::PathBuf;

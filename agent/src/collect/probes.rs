@@ -65,7 +65,10 @@ impl ProbeCollector {
             })
             .collect();
         // The HTTP client (and its TLS roots) costs memory; build it only when needed.
-        let http = if probes.iter().any(|p| matches!(p.target, ProbeTarget::Http(_))) {
+        let http = if probes
+            .iter()
+            .any(|p| matches!(p.target, ProbeTarget::Http(_)))
+        {
             crate::tls::install_crypto_provider();
             let client = reqwest::Client::builder()
                 .user_agent(concat!("argus-agent/", env!("CARGO_PKG_VERSION")))
@@ -87,7 +90,12 @@ impl ProbeCollector {
     }
 
     /// Runs the probes due at `tick_ms` concurrently and emits their results.
-    pub async fn collect(&mut self, tick_ms: i64, out: &mut Families, errors: &mut Vec<CollectError>) {
+    pub async fn collect(
+        &mut self,
+        tick_ms: i64,
+        out: &mut Families,
+        errors: &mut Vec<CollectError>,
+    ) {
         let http = self.http.clone();
         let due: Vec<usize> = (0..self.probes.len())
             .filter(|&i| {
@@ -173,7 +181,12 @@ async fn run_with_retries(
     }
 }
 
-async fn run_once(http: Option<&reqwest::Client>, target: &ProbeTarget, status: (u16, u16), cfg: &ProbeConfig) -> Outcome {
+async fn run_once(
+    http: Option<&reqwest::Client>,
+    target: &ProbeTarget,
+    status: (u16, u16),
+    cfg: &ProbeConfig,
+) -> Outcome {
     let start = Instant::now();
     let timeout = cfg.timeout.0;
     let fail = |error: String, status_code: Option<u16>| Outcome {
@@ -192,7 +205,10 @@ async fn run_once(http: Option<&reqwest::Client>, target: &ProbeTarget, status: 
                     error: None,
                 },
                 Ok(Err(e)) => fail(format!("connect {host}:{port}: {e}"), None),
-                Err(_) => fail(format!("connect {host}:{port}: timed out after {timeout:?}"), None),
+                Err(_) => fail(
+                    format!("connect {host}:{port}: timed out after {timeout:?}"),
+                    None,
+                ),
             }
         }
         ProbeTarget::Http(url) => {
@@ -221,7 +237,10 @@ async fn run_once(http: Option<&reqwest::Client>, target: &ProbeTarget, status: 
                     if let (Some(needle), Some(body)) = (&cfg.body_contains, body)
                         && !body.contains(needle.as_str())
                     {
-                        return fail(format!("GET {url}: body does not contain {needle:?}"), Some(code));
+                        return fail(
+                            format!("GET {url}: body does not contain {needle:?}"),
+                            Some(code),
+                        );
                     }
                     Outcome {
                         success: true,
