@@ -14,7 +14,7 @@
 //! bytes) is charged against [`decode_budget`] of the body length, 8 bytes per input byte
 //! plus 256 KiB, before it is reserved, and a body whose value would need more is refused
 //! with [`WireError::DecodeBudget`]. Without this a frame of empty strings would cost 24
-//! bytes per byte in a `Vec<String>`, and 48 per byte while that `Vec` doubles.
+//! bytes per byte in a `Vec<String>`, and twice that in capacity as the `Vec` doubles.
 //!
 //! The heap held at any moment while decoding a body of `len` bytes therefore stays
 //! below `1.5 × decode_budget(len) + 1 MiB` (at most `12 × len + 1.375 MiB`): the
