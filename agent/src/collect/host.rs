@@ -20,7 +20,9 @@
 //!   marks that mount point stuck: it gets `node_filesystem_device_error` 1, one
 //!   [`CollectError`] is reported, and it is not stat'ed again until the blocked call
 //!   returns (then it is retried on the next collection). Each stuck mount costs one
-//!   parked thread, never a stalled collection.
+//!   parked thread and delays only the collection that discovers it, by the timeout.
+//!   Callers in async code should therefore run [`HostCollector::collect`] on a
+//!   blocking thread.
 //! - **Per-mount statvfs failures** (permission denied on someone's FUSE mount, say)
 //!   only set `node_filesystem_device_error` 1, as in node_exporter: they are
 //!   permanent conditions that would otherwise count an error every tick.
@@ -740,19 +742,27 @@ const CPU_GUEST_HELP: &str = "Seconds the CPUs spent in guests (VMs) for each mo
 #[derive(Debug, Default)]
 struct CpuLabels(Vec<String>);
 
+/// The kernel's largest NR_CPUS; a CPU number above it (a corrupt file) is formatted
+/// on the fly instead of growing the cache to its size.
+const MAX_CACHED_CPU: u32 = 8192;
+
 impl CpuLabels {
-    fn get(&mut self, cpu: u32) -> &str {
+    fn get(&mut self, cpu: u32) -> Cow<'_, str> {
+        if cpu >= MAX_CACHED_CPU {
+            return Cow::Owned(cpu.to_string());
+        }
         let i = cpu as usize;
         while self.0.len() <= i {
             self.0.push(self.0.len().to_string());
         }
-        &self.0[i]
+        Cow::Borrowed(&self.0[i])
     }
 }
 
 fn emit_stat(stat: &ProcStat, user_hz: f64, cpu_labels: &mut CpuLabels, out: &mut Families) {
     for c in &stat.cpus {
         let cpu = cpu_labels.get(c.cpu);
+        let cpu = cpu.as_ref();
         let modes = [
             ("user", c.user),
             ("nice", c.nice),
@@ -2023,6 +2033,17 @@ softirq 129875 0 15119 4 8687 34969 0 122 33931 0 37043
     }
 
     #[test]
+    fn an_absurd_cpu_number_is_labelled_without_growing_the_cache() {
+        let p = parse_stat("cpu4000000000 1 2 3 4 5 6 7 8\n");
+        let mut labels = CpuLabels::default();
+        let mut out = Families::new();
+        emit_stat(&p.value, 100.0, &mut labels, &mut out);
+        let user = [("cpu", "4000000000"), ("mode", "user")];
+        assert_eq!(value(&out, "node_cpu_seconds_total", &user), Some(0.01));
+        assert!(labels.0.is_empty());
+    }
+
+    #[test]
     fn old_kernel_cpu_lines_without_steal_or_guest_count_as_zero() {
         let p = parse_stat("cpu0 10 0 5 100 1 0 0\n");
         assert!(p.bad_lines.is_empty());
@@ -2775,7 +2796,8 @@ fuse /denied fuse.sshfs rw 0 0
         });
         let h = Arc::clone(&hung);
         let stat: StatFsFn = Arc::new(move |p: &Path| h.stat(p));
-        let mut c = HostCollector::with_statfs(cfg, stat, Duration::from_millis(50));
+        // Long enough that the healthy mounts never time out on a loaded CI machine.
+        let mut c = HostCollector::with_statfs(cfg, stat, Duration::from_millis(500));
         let nfs = [
             ("device", "srv:/x"),
             ("fstype", "nfs"),
