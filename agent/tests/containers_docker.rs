@@ -164,7 +164,9 @@ async fn a_busy_container_is_measured_from_its_cgroup_and_disappears_when_remove
     .unwrap_or_else(|e| panic!("starting the container: {e}"));
     let id = container.id.clone();
     let cgroup = Cgroup::find(&id);
-    let mut collector = ContainerCollector::new(config());
+    // Wait for the engine as long as it takes: this test asserts what each single
+    // collection holds, and a busy CI engine may answer slower than the default wait.
+    let mut collector = ContainerCollector::new(config()).with_engine_wait(DEADLINE);
 
     let cpu_before = cgroup.cpu_seconds();
     let ws_before = cgroup.working_set();

@@ -15,6 +15,11 @@
 //!   its cgroup stayed (a restart). A refresh is one `list` call plus an `inspect` for
 //!   each container that is new or whose state changed; unchanged containers cost nothing.
 //!
+//! A refresh runs as its own task. A collection waits for it only briefly (500 ms by
+//! default, [`ContainerCollector::with_engine_wait`]) and otherwise goes on with the
+//! inventory it has, so a hung engine never stalls the tick that host metrics share;
+//! failures back off from 1 s up to `inventory_refresh`.
+//!
 //! There is deliberately no subscription to the engine's event stream: the cgroup
 //! listing and the pid check already see starts, stops and restarts within one tick,
 //! without a background task or a second connection to keep alive. What only the
@@ -64,11 +69,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Per-request timeout given to bollard, in seconds: long enough for a busy engine,
-/// short enough that a hung one delays a tick only briefly (and then backs off).
+/// short enough that a hung one is given up on (and backed off from) soon.
 const ENGINE_REQUEST_TIMEOUT_SECS: u64 = 3;
 
 /// Upper bound on one whole inventory refresh (list plus inspects).
-const REFRESH_BUDGET: Duration = Duration::from_secs(5);
+const REFRESH_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long a collection waits for a running refresh by default.
+const ENGINE_WAIT: Duration = Duration::from_millis(500);
 
 /// First retry delay after the engine failed; doubles up to `inventory_refresh`.
 const FIRST_BACKOFF_S: f64 = 1.0;
@@ -418,10 +426,18 @@ fn summary_name(s: &ContainerSummary) -> Option<String> {
     Some(pick.trim_start_matches('/').to_string())
 }
 
+/// What a refresh needs to know of a container already in the inventory to tell
+/// whether the engine's list shows a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownContainer {
+    pub state: Option<ContainerState>,
+    pub name: String,
+}
+
 /// Decides which containers need an `inspect`, so a refresh costs one `list` when
 /// nothing changed. `recheck` holds ids whose cgroup or pid contradicted the inventory.
 pub fn plan_refresh(
-    inventory: &BTreeMap<String, ContainerInfo>,
+    inventory: &HashMap<String, KnownContainer>,
     summaries: &[ContainerSummary],
     recheck: &HashSet<String>,
 ) -> RefreshPlan {
@@ -448,32 +464,92 @@ pub fn plan_refresh(
         .filter(|id| !listed.contains(id.as_str()))
         .cloned()
         .collect();
+    plan.remove.sort();
     plan
 }
 
-/// The engine connection: created lazily, version-negotiated once (Docker 20.10 speaks
-/// API 1.41, older than bollard's default), dropped after a failure so the next attempt
-/// starts clean.
-struct Engine {
-    endpoint: String,
-    docker: Option<Docker>,
+/// Connects and negotiates the API version once per connection: Docker 20.10 speaks
+/// API 1.41, older than bollard's default, and refuses newer requests.
+async fn connect(endpoint: &str) -> Result<Docker, String> {
+    let path = socket_path(endpoint)?;
+    Docker::connect_with_unix(path, ENGINE_REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        .map_err(|e| e.to_string())?
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("negotiating the API version: {e}"))
 }
 
-impl Engine {
-    async fn client(&mut self) -> Result<Docker, String> {
-        if let Some(d) = &self.docker {
-            return Ok(d.clone());
+/// What a refresh task brings back. What it learnt before failing is kept, so a
+/// timeout mid-way still makes progress.
+#[derive(Default)]
+struct RefreshResult {
+    /// The connection to reuse next time; dropped after a failure.
+    docker: Option<Docker>,
+    remove: Vec<String>,
+    rename: Vec<(String, String)>,
+    /// `None`: the container was removed between the list and its inspect.
+    inspected: Vec<(String, Option<ContainerInfo>)>,
+    error: Option<String>,
+}
+
+/// One refresh, run as its own task so a slow or hung engine holds up a tick for at
+/// most the collector's wait, never for the whole [`REFRESH_BUDGET`].
+async fn run_refresh(
+    endpoint: String,
+    docker: Option<Docker>,
+    known: HashMap<String, KnownContainer>,
+    recheck: HashSet<String>,
+) -> RefreshResult {
+    let mut result = RefreshResult::default();
+    let steps = refresh_steps(&endpoint, docker, &known, &recheck, &mut result);
+    result.error = match tokio::time::timeout(REFRESH_BUDGET, steps).await {
+        Ok(outcome) => outcome.err(),
+        Err(_) => Some(format!("no answer within {REFRESH_BUDGET:?}")),
+    };
+    result
+}
+
+/// One `list`, then an `inspect` per container the plan names.
+async fn refresh_steps(
+    endpoint: &str,
+    docker: Option<Docker>,
+    known: &HashMap<String, KnownContainer>,
+    recheck: &HashSet<String>,
+    result: &mut RefreshResult,
+) -> Result<(), String> {
+    let docker = match docker {
+        Some(d) => d,
+        None => connect(endpoint).await?,
+    };
+    result.docker = Some(docker.clone());
+    let options = ListContainersOptions {
+        all: true,
+        ..Default::default()
+    };
+    let summaries = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| format!("listing containers: {e}"))?;
+    let plan = plan_refresh(known, &summaries, recheck);
+    result.remove = plan.remove;
+    result.rename = plan.rename;
+    for id in plan.inspect {
+        match docker.inspect_container(&id, None).await {
+            Ok(r) => {
+                let info = ContainerInfo::from_inspect(&r).map(|(_, info)| info);
+                result.inspected.push((id, info));
+            }
+            Err(e) if is_not_found(&e) => result.inspected.push((id, None)),
+            Err(e) => return Err(format!("inspecting {id}: {e}")),
         }
-        let path = socket_path(&self.endpoint)?;
-        let docker =
-            Docker::connect_with_unix(path, ENGINE_REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                .map_err(|e| e.to_string())?
-                .negotiate_version()
-                .await
-                .map_err(|e| format!("negotiating the API version: {e}"))?;
-        self.docker = Some(docker.clone());
-        Ok(docker)
     }
+    Ok(())
+}
+
+/// A refresh task and the recheck requests it carries.
+struct InFlight {
+    handle: tokio::task::JoinHandle<RefreshResult>,
+    recheck: HashSet<String>,
 }
 
 /// Only local sockets are supported: the agent runs beside the engine it watches.
@@ -500,7 +576,11 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 /// Collects container metrics; see the module documentation for what it costs.
 pub struct ContainerCollector {
     cfg: ContainerConfig,
-    engine: Engine,
+    /// The engine connection, kept between refreshes.
+    docker: Option<Docker>,
+    in_flight: Option<InFlight>,
+    /// How long a collection waits for a refresh before going on without it.
+    engine_wait: Duration,
     /// Created on the first collection, so construction does no I/O.
     reader: Option<CgroupReader>,
     inventory: BTreeMap<String, ContainerInfo>,
@@ -522,14 +602,21 @@ pub struct ContainerCollector {
     buf: String,
 }
 
+impl Drop for ContainerCollector {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.handle.abort();
+        }
+    }
+}
+
 impl ContainerCollector {
     pub fn new(cfg: ContainerConfig) -> Self {
         Self {
-            engine: Engine {
-                endpoint: cfg.docker_socket.clone(),
-                docker: None,
-            },
             cfg,
+            docker: None,
+            in_flight: None,
+            engine_wait: ENGINE_WAIT,
             reader: None,
             inventory: BTreeMap::new(),
             present: Vec::new(),
@@ -545,6 +632,14 @@ impl ContainerCollector {
             net: Vec::new(),
             buf: String::with_capacity(2048),
         }
+    }
+
+    /// Sets how long a collection waits for the engine before going on with the
+    /// inventory it has (default 500 ms, well inside a 1 s interval). Tests that
+    /// assert what one collection contains set it long.
+    pub fn with_engine_wait(mut self, wait: Duration) -> Self {
+        self.engine_wait = wait;
+        self
     }
 
     /// The containers the engine last described, by full id.
@@ -567,9 +662,7 @@ impl ContainerCollector {
         if self.scan_cgroups(errors) {
             self.refresh_pending = true;
         }
-        if self.refresh_due(now_s) {
-            self.refresh(now_s, errors).await;
-        }
+        self.refresh(now_s, errors).await;
         if self.devices_due(now_s) {
             self.reload_devices(now_s, errors);
         }
@@ -625,25 +718,101 @@ impl ContainerCollector {
         periodic || self.refresh_pending || !self.recheck.is_empty()
     }
 
+    /// Starts a refresh when one is due and none is running, then waits for it at
+    /// most `engine_wait`; a refresh that takes longer is applied at a later tick.
     async fn refresh(&mut self, now_s: f64, errors: &mut Vec<CollectError>) {
-        let outcome = match tokio::time::timeout(REFRESH_BUDGET, self.refresh_inventory()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {REFRESH_BUDGET:?}")),
+        if self.in_flight.is_none() {
+            if !self.refresh_due(now_s) {
+                return;
+            }
+            self.start_refresh();
+        }
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return;
         };
-        match outcome {
-            Ok(()) => {
-                self.refresh_pending = false;
+        let Ok(joined) = tokio::time::timeout(self.engine_wait, &mut in_flight.handle).await else {
+            return; // still running
+        };
+        let Some(InFlight { recheck, .. }) = self.in_flight.take() else {
+            return;
+        };
+        let result = joined.unwrap_or_else(|e| RefreshResult {
+            error: Some(format!("refresh task: {e}")),
+            ..RefreshResult::default()
+        });
+        self.apply_refresh(result, recheck, now_s, errors);
+    }
+
+    fn start_refresh(&mut self) {
+        let known = self
+            .inventory
+            .iter()
+            .map(|(id, info)| {
+                let known = KnownContainer {
+                    state: info.state,
+                    name: info.name.clone(),
+                };
+                (id.clone(), known)
+            })
+            .collect();
+        let recheck = self.recheck.clone();
+        self.refresh_pending = false;
+        let task = run_refresh(
+            self.cfg.docker_socket.clone(),
+            self.docker.clone(),
+            known,
+            recheck.clone(),
+        );
+        self.in_flight = Some(InFlight {
+            handle: tokio::spawn(task),
+            recheck,
+        });
+    }
+
+    fn apply_refresh(
+        &mut self,
+        r: RefreshResult,
+        rechecked: HashSet<String>,
+        now_s: f64,
+        errors: &mut Vec<CollectError>,
+    ) {
+        for id in &r.remove {
+            self.inventory.remove(id);
+            self.recheck.remove(id);
+        }
+        for (id, name) in r.rename {
+            if let Some(info) = self.inventory.get_mut(&id) {
+                info.rename(name, &id);
+            }
+        }
+        for (id, info) in r.inspected {
+            match info {
+                Some(mut info) => {
+                    if let Some(old) = self.inventory.get(&id) {
+                        info.mismatch_checks = old.mismatch_checks;
+                    }
+                    self.inventory.insert(id, info);
+                }
+                None => {
+                    self.inventory.remove(&id);
+                }
+            }
+        }
+        match r.error {
+            None => {
+                self.docker = r.docker;
+                for id in &rechecked {
+                    self.recheck.remove(id);
+                }
                 self.last_refresh_s = Some(now_s);
                 self.retry_at_s = f64::NEG_INFINITY;
                 self.backoff_s = FIRST_BACKOFF_S;
             }
-            Err(reason) => {
-                tracing::debug!(endpoint = %self.engine.endpoint, %reason, "container inventory refresh failed");
-                errors.push(CollectError::Docker {
-                    endpoint: self.engine.endpoint.clone(),
-                    reason,
-                });
-                self.engine.docker = None;
+            Some(reason) => {
+                let endpoint = self.cfg.docker_socket.clone();
+                tracing::debug!(%endpoint, %reason, "container inventory refresh failed");
+                errors.push(CollectError::Docker { endpoint, reason });
+                self.docker = None;
                 self.refresh_pending = true;
                 self.retry_at_s = now_s + self.backoff_s;
                 let cap = self
@@ -654,50 +823,6 @@ impl ContainerCollector {
                 self.backoff_s = (self.backoff_s * 2.0).min(cap);
             }
         }
-    }
-
-    /// One `list`, then an `inspect` per container the plan names. Progress is applied
-    /// as it goes, so a timeout keeps what was learnt and the rest is retried.
-    async fn refresh_inventory(&mut self) -> Result<(), String> {
-        let docker = self.engine.client().await?;
-        let options = ListContainersOptions {
-            all: true,
-            ..Default::default()
-        };
-        let summaries = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| format!("listing containers: {e}"))?;
-        let plan = plan_refresh(&self.inventory, &summaries, &self.recheck);
-        for id in &plan.remove {
-            self.inventory.remove(id);
-            self.recheck.remove(id);
-        }
-        for (id, name) in plan.rename {
-            if let Some(info) = self.inventory.get_mut(&id) {
-                info.rename(name, &id);
-            }
-        }
-        for id in plan.inspect {
-            match docker.inspect_container(&id, None).await {
-                Ok(r) => {
-                    if let Some((id, mut info)) = ContainerInfo::from_inspect(&r) {
-                        if let Some(old) = self.inventory.get(&id) {
-                            info.mismatch_checks = old.mismatch_checks;
-                        }
-                        self.inventory.insert(id, info);
-                    }
-                }
-                // Removed between list and inspect.
-                Err(e) if is_not_found(&e) => {
-                    self.inventory.remove(&id);
-                }
-                Err(e) => return Err(format!("inspecting {id}: {e}")),
-            }
-            self.recheck.remove(&id);
-        }
-        self.recheck.clear();
-        Ok(())
     }
 
     /// Device names change only when disks are added, so they are re-read on the
@@ -819,7 +944,9 @@ impl ContainerCollector {
         };
         if consistent {
             info.mismatch_checks = 0;
-        } else if info.mismatch_checks < MAX_MISMATCH_CHECKS {
+        } else if self.in_flight.is_none() && info.mismatch_checks < MAX_MISMATCH_CHECKS {
+            // While a refresh is running the contradiction may already be resolved by
+            // it, so those ticks do not use up the budget.
             info.mismatch_checks += 1;
             self.recheck.insert(id.to_string());
         }
@@ -1255,13 +1382,18 @@ Inter-|   Receive                                                |  Transmit
         }
     }
 
-    fn entry(id: &str, name: &str, status: ContainerStateStatusEnum) -> (String, ContainerInfo) {
-        ContainerInfo::from_inspect(&inspect(id, name, status, 10)).unwrap()
+    fn entry(id: &str, name: &str, status: ContainerStateStatusEnum) -> (String, KnownContainer) {
+        let (id, info) = ContainerInfo::from_inspect(&inspect(id, name, status, 10)).unwrap();
+        let known = KnownContainer {
+            state: info.state,
+            name: info.name,
+        };
+        (id, known)
     }
 
     #[test]
     fn a_refresh_with_nothing_changed_inspects_nothing() {
-        let inventory = BTreeMap::from([entry(ID, "web", ContainerStateStatusEnum::RUNNING)]);
+        let inventory = HashMap::from([entry(ID, "web", ContainerStateStatusEnum::RUNNING)]);
         let listed = [summary(ID, &["/web"], ContainerSummaryStateEnum::RUNNING)];
         assert_eq!(
             plan_refresh(&inventory, &listed, &HashSet::new()),
@@ -1271,7 +1403,7 @@ Inter-|   Receive                                                |  Transmit
 
     #[test]
     fn a_refresh_inspects_new_changed_and_rechecked_containers() {
-        let inventory = BTreeMap::from([
+        let inventory = HashMap::from([
             entry(ID, "web", ContainerStateStatusEnum::RUNNING),
             entry(ID2, "db", ContainerStateStatusEnum::RUNNING),
             entry("gone", "old", ContainerStateStatusEnum::EXITED),
@@ -1292,7 +1424,7 @@ Inter-|   Receive                                                |  Transmit
 
     #[test]
     fn a_rename_needs_no_inspect() {
-        let inventory = BTreeMap::from([entry(ID, "web", ContainerStateStatusEnum::RUNNING)]);
+        let inventory = HashMap::from([entry(ID, "web", ContainerStateStatusEnum::RUNNING)]);
         // A legacy link alias (`/other/alias`) is not the container's name.
         let listed = [summary(
             ID,
@@ -1367,10 +1499,16 @@ Inter-|   Receive                                                |  Transmit
             }
         }
 
+        /// Waits for the engine as long as it takes, so each collection's errors are
+        /// deterministic.
+        fn collector_without_inventory(&self) -> ContainerCollector {
+            ContainerCollector::new(self.config()).with_engine_wait(Duration::from_secs(60))
+        }
+
         /// A collector that already knows the container, as if the engine had answered
         /// before going away.
         fn collector(&self) -> ContainerCollector {
-            let mut c = ContainerCollector::new(self.config());
+            let mut c = self.collector_without_inventory();
             let (id, info) = ContainerInfo::from_inspect(&inspect(
                 ID,
                 "web",
@@ -1482,9 +1620,43 @@ Inter-|   Receive                                                |  Transmit
     }
 
     #[tokio::test]
+    async fn a_hung_engine_does_not_hold_up_the_collection() {
+        let host = FakeHost::new();
+        // A socket that accepts connections and never answers.
+        let listener = tokio::net::UnixListener::bind(host.dir.path().join("docker.sock")).unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut c = host
+            .collector_without_inventory()
+            .with_engine_wait(Duration::from_millis(100));
+        let (id, info) = ContainerInfo::from_inspect(&inspect(
+            ID,
+            "web",
+            ContainerStateStatusEnum::RUNNING,
+            4242,
+        ))
+        .unwrap();
+        c.inventory.insert(id, info);
+
+        let mut out = Families::new();
+        let mut errors = Vec::new();
+        c.collect(1000.0, &mut out, &mut errors).await;
+        // The refresh is still waiting for the engine (its budget is seconds, the
+        // collection's wait 100 ms), and the known container was collected meanwhile.
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(c.in_flight.is_some());
+        assert!(out.get(CPU_USAGE).is_some());
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn an_unknown_engine_yields_no_series_and_one_error() {
         let host = FakeHost::new();
-        let mut c = ContainerCollector::new(host.config());
+        let mut c = host.collector_without_inventory();
         let mut out = Families::new();
         let mut errors = Vec::new();
         c.collect(1000.0, &mut out, &mut errors).await;
