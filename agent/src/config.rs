@@ -593,6 +593,19 @@ fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     format!("line {line}")
 }
 
+/// The sections `ARGUS_<SECTION>_<KEY>` may address.
+const SECTIONS: &[&str] = &[
+    "agent",
+    "log",
+    "host",
+    "containers",
+    "jobs",
+    "spool",
+    "limits",
+    "metrics",
+    "probe",
+];
+
 /// Applies `ARGUS_<SECTION>_<KEY>=value` overrides. A value that parses as TOML
 /// (number, bool, array) keeps that type; anything else is a string.
 fn apply_env(
@@ -608,6 +621,11 @@ fn apply_env(
             continue;
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        // The ARGUS_ prefix is shared with the coordinator and tools; a section the
+        // agent does not have is someone else's variable, not a mistake.
+        if !SECTIONS.contains(&section.as_str()) {
+            continue;
+        }
         if section == "probe" {
             problems.recoverable.push(ConfigError::Env {
                 var,
@@ -776,6 +794,10 @@ expect_status = "600"
             ("ARGUS_AGENT_NAME".to_string(), "web-1".to_string()),
             ("ARGUS_SPOOL_FSYNC".to_string(), "batch".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
+            (
+                "ARGUS_RAFT_TICK".to_string(),
+                "other tools' variables are left alone".to_string(),
+            ),
         ];
         let (cfg, p) =
             AgentConfig::from_str("[agent]\nname = \"file\"\n", Path::new("f.toml"), env);

@@ -55,12 +55,19 @@ fn main() -> Result<()> {
     let ne_port = free_port()?;
 
     let engine = proc::pids_named(ENGINE);
+    // The engine's idle CPU is bursty (housekeeping every few seconds), so its baseline
+    // is taken in two halves, before and after the run, with the containers running.
+    let half = Duration::from_secs(secs.div_ceil(2));
     println!(
-        "measuring the Docker engine's idle baseline for {secs} s with {CONTAINERS} containers running..."
+        "measuring the Docker engine's idle baseline ({} s before and after the run, {CONTAINERS} containers running)...",
+        half.as_secs()
     );
-    let e0 = proc::cpu_seconds_of(&engine);
-    std::thread::sleep(Duration::from_secs(secs));
-    let engine_idle = proc::cpu_seconds_of(&engine) - e0;
+    let idle_half = || {
+        let e0 = proc::cpu_seconds_of(&engine);
+        std::thread::sleep(half);
+        proc::cpu_seconds_of(&engine) - e0
+    };
+    let mut engine_idle = idle_half();
 
     let state = tempdir()?;
     let cfg = state.join("argus-agent.toml");
@@ -122,15 +129,17 @@ timeout = "500ms"
     let agent_cpu = proc::cpu_seconds(agent_pid).context("agent exited during the run")? - a0;
     let ne_cpu = proc::cpu_seconds(ne_pid).context("node_exporter exited during the run")? - n0;
     let engine_run = proc::cpu_seconds_of(&engine) - e0;
-    let engine_extra = (engine_run - engine_idle * wall / secs as f64).max(0.0);
     let agent_rss = proc::peak_rss_bytes(agent_pid).unwrap_or(0) as f64 / 1e6;
     let ne_rss = proc::peak_rss_bytes(ne_pid).unwrap_or(0) as f64 / 1e6;
     let spool = dir_size(&state.join("spool"));
     drop(agent);
     drop(ne);
+    engine_idle += idle_half();
+    let engine_idle_secs = 2.0 * half.as_secs_f64();
     drop(containers);
     let _ = std::fs::remove_dir_all(&state);
 
+    let engine_extra = (engine_run - engine_idle * wall / engine_idle_secs).max(0.0);
     let total = agent_cpu + engine_extra;
     println!();
     println!(
