@@ -133,13 +133,12 @@ impl Collectors {
         let mut own = Families::new();
         self.stats.collect(&mut own);
         jobs.push((self.jobs.agent.clone(), own));
-        (
-            Collection {
-                timestamp_ms: tick_ms,
-                jobs,
-            },
-            errors,
-        )
+        let collection = Collection {
+            timestamp_ms: tick_ms,
+            jobs,
+        };
+        self.stats.record_collection(collection.sample_count());
+        (collection, errors)
     }
 }
 

@@ -138,8 +138,7 @@ impl Runner {
             self.spool.retire(r, seq)?;
         }
         let s = self.spool.stats();
-        self.stats
-            .record_collection(count, self.tracker.live_series());
+        self.stats.set_series(self.tracker.live_series());
         self.stats
             .record_spool(s.bytes, s.batches, s.dropped_samples_total);
         Ok(())

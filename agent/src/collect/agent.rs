@@ -82,9 +82,12 @@ impl AgentStats {
         self.collector_errors[i].fetch_add(errors as u64, Relaxed);
     }
 
-    pub fn record_collection(&self, samples: usize, live_series: usize) {
+    pub fn record_collection(&self, samples: usize) {
         self.collections.fetch_add(1, Relaxed);
         self.samples.fetch_add(samples as u64, Relaxed);
+    }
+
+    pub fn set_series(&self, live_series: usize) {
         self.series.store(live_series as u64, Relaxed);
     }
 
@@ -133,7 +136,7 @@ impl AgentStats {
         );
         out.counter(
             "argus_agent_samples_total",
-            "Samples collected and handed to the spool.",
+            "Samples collected.",
             &[],
             self.samples.load(Relaxed) as f64,
         );
