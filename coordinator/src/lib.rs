@@ -1,2 +1,14 @@
-//! The Argus coordinator. Its node, store and APIs arrive with issues 3 and later;
-//! for now the crate only reserves its place in the workspace layout of DESIGN §4.
+//! The Argus coordinator (DESIGN §2, §4).
+//!
+//! Dependencies point one way: `api` → `state` → `tsdb`; `cluster` drives the Raft log
+//! and hands committed entries to `state`. Nothing below imports what is above it.
+//!
+//! - [`cluster`]: the Raft node (its Ready loop in one file), log storage, peer transport.
+//! - [`state`]: the replicated state machine and its versioned entry kinds.
+//! - [`tsdb`]: series index, compressed chunks, tiers and retention.
+//! - [`api`]: HTTP endpoints (remote write, federation, series metadata).
+
+pub mod api;
+pub mod cluster;
+pub mod state;
+pub mod tsdb;
