@@ -56,7 +56,7 @@
 use super::CollectError;
 use super::Families;
 use super::cgroup::{CgroupDriver, CgroupLayout, CgroupReader, CgroupStats, ReadOutcome};
-use argus_common::model::Labels;
+use argus_common::model::{Labels, MetricType};
 use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
 };
@@ -1032,13 +1032,7 @@ trait FamiliesExt {
 
 impl FamiliesExt for Families {
     fn gauge_labels(&mut self, name: &str, help: &str, labels: &Labels, value: f64) {
-        self.add(
-            name,
-            argus_common::model::MetricType::Gauge,
-            help,
-            labels.clone(),
-            value,
-        );
+        self.add(name, MetricType::Gauge, help, labels.clone(), value);
     }
 
     fn counter_with(
@@ -1051,13 +1045,7 @@ impl FamiliesExt for Families {
     ) {
         let mut l = labels.clone();
         l.set(extra.0, extra.1);
-        self.add(
-            name,
-            argus_common::model::MetricType::Counter,
-            help,
-            l,
-            value,
-        );
+        self.add(name, MetricType::Counter, help, l, value);
     }
 
     fn gauge_with(
@@ -1070,7 +1058,7 @@ impl FamiliesExt for Families {
     ) {
         let mut l = labels.clone();
         l.set(extra.0, extra.1);
-        self.add(name, argus_common::model::MetricType::Gauge, help, l, value);
+        self.add(name, MetricType::Gauge, help, l, value);
     }
 }
 
@@ -1109,15 +1097,7 @@ fn emit_cgroup(
         );
     }
     if let Some((user, system)) = stats.cpu_user_system_seconds {
-        let mut add = |name, help, v| {
-            out.add(
-                name,
-                argus_common::model::MetricType::Counter,
-                help,
-                base.clone(),
-                v,
-            )
-        };
+        let mut add = |name, help, v| out.add(name, MetricType::Counter, help, base.clone(), v);
         add(
             CPU_USER,
             "Cumulative user CPU time consumed, in seconds.",
