@@ -56,23 +56,6 @@ fn parse_samples(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
     out
 }
 
-fn promtool() -> Option<PathBuf> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v promtool"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (Debian package `prometheus`)"
-        );
-        eprintln!("\n*** SKIPPED: promtool not found (apt-get install prometheus) ***\n");
-    }
-    found
-}
-
 fn collect_once(extra: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
@@ -93,51 +76,14 @@ fn collect_once(extra: &str) -> String {
 
 #[test]
 fn collect_once_passes_promtool_check_metrics() {
-    let Some(promtool) = promtool() else { return };
+    let Some(promtool) = argus_testkit::promtool::find() else {
+        return;
+    };
     let text = collect_once("");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // promtool exits 1 on a parse error and 3 on lint findings. Parse errors are never
-    // acceptable; lint findings are listed in KNOWN_LINTS with the reason we keep them.
-    assert!(
-        !report.contains("error while linting") && out.status.code() != Some(1),
-        "promtool could not parse our output:\n{report}"
-    );
-    for line in report.lines().filter(|l| !l.trim().is_empty()) {
-        assert!(
-            KNOWN_LINTS.iter().any(|k| line.contains(k)),
-            "unexpected promtool lint: {line}\nfull report:\n{report}"
-        );
+    if let Err(e) = argus_testkit::promtool::check_metrics(&promtool, &text) {
+        panic!("{e}");
     }
 }
-
-/// Lint findings we keep on purpose, each because node_exporter or cAdvisor emits the
-/// same name and renaming it would break the dashboards and rules users already have.
-const KNOWN_LINTS: &[&str] = &[
-    // node_memory_MemTotal_bytes and friends keep /proc/meminfo's field names, exactly as
-    // node_exporter does.
-    "metric names should be written in 'snake_case' not 'camelCase'",
-    // node_entropy_available_bits and node_entropy_pool_size_bits: node_exporter's names.
-    "use base unit \"bytes\" instead of \"bits\"",
-];
 
 #[test]
 fn collect_once_agrees_with_the_kernel() {

@@ -4,13 +4,11 @@
 //! collector is checked against the container's cgroup files, read here directly and
 //! independently of the collector's parsers.
 
-mod support;
-
 use argus_agent::collect::containers::{ContainerCollector, ContainerConfig};
 use argus_agent::collect::{CollectError, Families};
+use argus_testkit::docker::{self as busybox, Container};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::busybox::{self, Container};
 
 /// Long enough for a slow, shared CI machine; the tests poll and stop as soon as the
 /// condition holds, so this is never waited for when things work.
@@ -307,13 +305,13 @@ async fn a_restart_is_seen_without_waiting_for_the_periodic_refresh() {
 
     let (first, errors) = collect(&mut collector).await;
     assert!(errors.is_empty(), "errors: {errors:#?}");
-    let restarts = value(&first, "container_restart_count", &id, &[]).expect("no restart count");
+    let restarts = value(&first, "container_restarts", &id, &[]).expect("no restart count");
 
     let started = Instant::now();
     loop {
         let (out, errors) = collect(&mut collector).await;
         assert!(errors.is_empty(), "errors: {errors:#?}");
-        if value(&out, "container_restart_count", &id, &[]).is_some_and(|r| r > restarts) {
+        if value(&out, "container_restarts", &id, &[]).is_some_and(|r| r > restarts) {
             // No network namespace of its own but `none`: only loopback, nothing reported.
             assert!(value(&out, "container_network_receive_bytes_total", &id, &[]).is_none());
             break;
@@ -326,4 +324,110 @@ async fn a_restart_is_seen_without_waiting_for_the_periodic_refresh() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(container);
+}
+
+/// Through the whole `run` path: a container's series are spooled while it runs, and
+/// after `docker rm` the next tick writes StaleNaN for each of them.
+#[tokio::test]
+async fn a_removed_container_ends_with_stale_nan_in_the_spool() {
+    use argus_agent::config::{AgentConfig, HumanDuration};
+    use argus_agent::runner::Runner;
+    use argus_agent::spool::{Spool, SpoolConfig};
+    use argus_common::model::is_stale_nan;
+
+    if !setup("a_removed_container_ends_with_stale_nan_in_the_spool") {
+        return;
+    }
+    let container = Container::run(
+        &busybox::unique_name("argus-test-stale"),
+        &[],
+        &["sleep", "600"],
+    )
+    .unwrap_or_else(|e| panic!("starting the container: {e}"));
+    let cadvisor_id = format!("/docker/{}", container.id);
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = AgentConfig::default();
+    cfg.agent.state_dir = state.path().to_path_buf();
+    cfg.agent.interval = HumanDuration(Duration::from_secs(1));
+    cfg.containers.docker_socket = config().docker_socket;
+
+    let mut runner = Runner::start(cfg.clone()).await.unwrap();
+    // The first ticks may not know the container's name yet; wait until they do.
+    let started = Instant::now();
+    let mut tick = 1_000_000;
+    loop {
+        runner.tick(tick).await.unwrap();
+        tick += 1_000;
+        let named = runner.spool().dictionary().any(|d| {
+            d.labels.get("id") == Some(cadvisor_id.as_str()) && d.labels.get("name").is_some()
+        });
+        if named {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the container never showed up"
+        );
+    }
+    container.remove().unwrap();
+    runner.tick(tick).await.unwrap();
+    drop(runner);
+
+    let mut spool = Spool::open(SpoolConfig::new(state.path().join("spool"))).unwrap();
+    let refs: Vec<u64> = spool
+        .defs_from(0)
+        .filter(|d| {
+            d.labels.get("id") == Some(cadvisor_id.as_str())
+                && d.name.starts_with("container_")
+                && !d.name.starts_with("container_state")
+                && d.name != "container_restarts"
+        })
+        .map(|d| d.series_ref)
+        .collect();
+    assert!(refs.len() >= 5, "few series for the container: {refs:?}");
+    let last = spool.pending(0, 10_000).unwrap().pop().unwrap();
+    let stale: Vec<u64> = last.1[0]
+        .points
+        .iter()
+        .filter(|p| is_stale_nan(p.1))
+        .map(|p| p.0)
+        .collect();
+    for r in &refs {
+        assert!(
+            stale.contains(r),
+            "series {r} of the removed container has no StaleNaN"
+        );
+    }
+}
+
+/// `collect --once` with a container running still passes promtool (container names
+/// and label values go through the exposition escaping).
+#[test]
+fn collect_once_with_containers_passes_promtool() {
+    if !setup("collect_once_with_containers_passes_promtool") {
+        return;
+    }
+    let Some(promtool) = argus_testkit::promtool::find() else {
+        return;
+    };
+    let _c = Container::run(
+        &busybox::unique_name("argus-test-prom"),
+        &[],
+        &["sleep", "600"],
+    )
+    .unwrap_or_else(|e| panic!("starting the container: {e}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_argus-agent"))
+        .args(["collect", "--once"])
+        .env("ARGUS_CONTAINERS_DOCKER_SOCKET", config().docker_socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("container_cpu_usage_seconds_total{"),
+        "no container metrics"
+    );
+    if let Err(e) = argus_testkit::promtool::check_metrics(&promtool, &text) {
+        panic!("{e}");
+    }
 }

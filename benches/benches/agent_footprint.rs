@@ -46,8 +46,9 @@ fn main() -> Result<()> {
     if !node_exporter.exists() {
         bail!("node_exporter not found: apt-get install prometheus-node-exporter");
     }
-    let image = docker::ensure_busybox_image().context("building the test image")?;
-    let containers = docker::Containers::start(image, CONTAINERS, "argus-bench-footprint")?;
+    let containers = docker::start_sleepers("argus-bench-footprint", CONTAINERS)
+        .map_err(anyhow::Error::msg)
+        .context("starting the containers")?;
 
     let http = TcpListener::bind("127.0.0.1:0")?;
     let http_addr = http.local_addr()?;

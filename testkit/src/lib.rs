@@ -3,6 +3,8 @@
 //! - [`docker`]: a test image built from Debian's busybox-static (no registry can be
 //!   reached), and containers that are removed however the test ends.
 //! - [`proc`]: CPU and memory of processes, for benchmarks.
+//! - [`promtool`]: the real promtool validating our exposition output.
 
 pub mod docker;
 pub mod proc;
+pub mod promtool;

@@ -42,7 +42,7 @@
 //! dashboards use, rather than `container_blkio_device_usage_total`.
 //!
 //! cAdvisor has no metric for Docker's restart count or state, so they are
-//! `container_restart_count` (a gauge: Docker resets it when a container is started by
+//! `container_restarts` (a gauge: Docker resets it when a container is started by
 //! hand) and `container_state{state}`, one 0/1 gauge per Docker state as
 //! kube-state-metrics does for pod phases, so `container_state{state="running"} == 0`
 //! works as an alert and a state change does not end one series and start another.
@@ -973,7 +973,7 @@ const LAST_SEEN: &str = "container_last_seen";
 const LAST_SEEN_HELP: &str = "Last time the container was seen by the agent, in Unix seconds.";
 const START_TIME: &str = "container_start_time_seconds";
 const START_TIME_HELP: &str = "Start time of the container, in Unix seconds.";
-const RESTART_COUNT: &str = "container_restart_count";
+const RESTART_COUNT: &str = "container_restarts";
 const STATE: &str = "container_state";
 
 /// Network metric names and help, in [`NetDevStats`] field order.
