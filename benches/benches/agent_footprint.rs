@@ -161,6 +161,10 @@ timeout = "500ms"
     row("argus-agent + engine extra", total, Some(agent_rss));
     row("prometheus-node-exporter", ne_cpu, Some(ne_rss));
     println!(
+        "docker engine: {engine_run:.3} cpu_s during the run, {:.3} cpu_s per {wall:.0} s when idle",
+        engine_idle * wall / engine_idle_secs
+    );
+    println!(
         "agent spool on disk after the run: {:.1} MB",
         spool as f64 / 1e6
     );
