@@ -1,1 +1,8 @@
-//! (being built)
+//! The replicated state machine (DESIGN §2, §3.2): entry kinds, and the deterministic
+//! apply that every node runs in log order.
+//!
+//! - [`entry`]: the versioned, append-only entry kinds.
+//! - [`dedup`]: exactly-once apply of agent batches over at-least-once delivery.
+
+pub mod dedup;
+pub mod entry;
