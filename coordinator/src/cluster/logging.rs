@@ -29,6 +29,19 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // raft-rs logs at debug on hot paths: format nothing nobody will read.
+        let enabled = match record.level() {
+            Level::Critical | Level::Error => {
+                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+            }
+            Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
+            Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+            Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut fields = Fields(String::new());
         // Serializing into a String has no failure path worth reporting from a log drain.
         let _ = record.kv().serialize(record, &mut fields);

@@ -60,6 +60,8 @@ use super::storage::{LogError, LogStorage};
 use super::transport::Transport;
 
 const MIB: u64 = 1024 * 1024;
+/// How often (in ticks) the log's disk use is measured: it lists files, so not every tick.
+const DISK_BYTES_EVERY_TICKS: u64 = 10;
 
 /// Settings of one Raft node. Defaults suit a 100 ms tick.
 #[derive(Debug, Clone)]
@@ -344,7 +346,11 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
 
     /// Advances the logical clock by one tick (elections, heartbeats, quorum checks).
     pub fn tick(&mut self) -> bool {
-        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let ticks = self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        if ticks.is_multiple_of(DISK_BYTES_EVERY_TICKS) {
+            let bytes = self.raw.store().disk_bytes();
+            self.stats.log_disk_bytes.store(bytes, Ordering::Relaxed);
+        }
         self.raw.tick()
     }
 
@@ -499,7 +505,12 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
             self.raw.mut_store().apply_snapshot(snap.get_metadata())?;
             self.written_commit = self.written_commit.max(index);
             self.to_apply.retain(|e| e.index > index);
-            self.backlog_bytes = self.to_apply.iter().map(|e| e.data.len() as u64).sum();
+            self.backlog_bytes = self
+                .to_apply
+                .iter()
+                .chain(self.stalled.iter().flat_map(|b| b.entries.iter()))
+                .map(|e| e.data.len() as u64)
+                .sum();
             self.pending_snapshot = Some(snap);
             wrote = true;
         }
@@ -525,9 +536,10 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
             self.raw.mut_store().set_hard_state(hs)?;
             self.written_commit = self.written_commit.max(hs.commit);
             self.stats.term.store(hs.term, Ordering::Relaxed);
-            wrote = true;
         }
-        if wrote || rd.must_sync() || self.written_commit > self.durable_commit {
+        // raft-rs's `must_sync` is false when only the commit index changed; that change
+        // still needs the fsync if committed entries wait for it before they may be applied.
+        if wrote || rd.must_sync() || self.commit_awaits_sync() {
             self.persist(out)?;
         }
 

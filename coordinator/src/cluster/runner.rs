@@ -61,7 +61,16 @@ where
         let doorbell = Arc::clone(&doorbell);
         std::thread::Builder::new()
             .name("raft-ready".into())
-            .spawn(move || ready_loop(node, &stop, &doorbell, tick))?
+            .spawn({
+                let stats = Arc::clone(&stats);
+                move || {
+                    let result = ready_loop(node, &stop, &doorbell, tick);
+                    // Proposers must not be told this stopped node leads.
+                    stats.is_leader.store(false, Ordering::Relaxed);
+                    stats.leader_id.store(0, Ordering::Relaxed);
+                    result
+                }
+            })?
     };
     Ok(NodeHandle {
         proposer,

@@ -50,6 +50,8 @@ pub struct NodeStats {
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS_SECONDS.len() + 1],
     /// Log entries removed by compaction.
     pub entries_compacted: AtomicU64,
+    /// Bytes the log takes on disk (refreshed every few ticks).
+    pub log_disk_bytes: AtomicU64,
     /// Current term.
     pub term: AtomicU64,
     /// Leader id as this node last saw it; 0 when unknown.
@@ -107,6 +109,7 @@ impl NodeStats {
             fsync_seconds: get(&self.fsync_nanos) as f64 / 1e9,
             fsync_buckets: std::array::from_fn(|i| get(&self.fsync_buckets[i])),
             entries_compacted: get(&self.entries_compacted),
+            log_disk_bytes: get(&self.log_disk_bytes),
             term: get(&self.term),
             leader_id: self.leader(),
             is_leader: self.is_leader(),
@@ -136,6 +139,7 @@ pub struct StatsSnapshot {
     /// Non-cumulative counts per [`FSYNC_BUCKETS_SECONDS`] bucket, then +Inf.
     pub fsync_buckets: [u64; FSYNC_BUCKETS_SECONDS.len() + 1],
     pub entries_compacted: u64,
+    pub log_disk_bytes: u64,
     pub term: u64,
     pub leader_id: Option<u64>,
     pub is_leader: bool,

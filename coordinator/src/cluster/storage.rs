@@ -49,6 +49,10 @@ pub trait LogStorage: Storage {
     fn hard_state(&self) -> HardState;
     /// The membership as last written (not necessarily synced).
     fn conf_state(&self) -> ConfState;
+    /// Bytes the log takes on disk, for `/metrics`; 0 where that means nothing.
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Errors of the log storage.
@@ -461,6 +465,13 @@ impl LogStorage for FjallLogStorage {
 
     fn conf_state(&self) -> ConfState {
         self.conf_state.clone()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.disk_space().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not measure the raft log's disk use");
+            0
+        })
     }
 }
 
