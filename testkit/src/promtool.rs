@@ -31,9 +31,9 @@ pub fn find() -> Option<PathBuf> {
     found
 }
 
-/// Runs `promtool check metrics` on `text`. Err carries every parse error and every
-/// lint finding not in [`KNOWN_LINTS`].
-pub fn check_metrics(promtool: &Path, text: &str) -> Result<(), String> {
+/// Runs `promtool check metrics` on `text`: its exit code (0 clean, 1 unparsable,
+/// 3 lint findings) and everything it printed.
+pub fn run_check_metrics(promtool: &Path, text: &str) -> Result<(Option<i32>, String), String> {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -54,8 +54,14 @@ pub fn check_metrics(promtool: &Path, text: &str) -> Result<(), String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // promtool exits 1 on a parse error and 3 on lint findings.
-    if out.status.code() == Some(1) || report.contains("error while linting") {
+    Ok((out.status.code(), report))
+}
+
+/// Runs `promtool check metrics` on `text`. Err carries every parse error and every
+/// lint finding not in [`KNOWN_LINTS`].
+pub fn check_metrics(promtool: &Path, text: &str) -> Result<(), String> {
+    let (code, report) = run_check_metrics(promtool, text)?;
+    if code == Some(1) || report.contains("error while linting") {
         return Err(format!("promtool could not parse the output:\n{report}"));
     }
     let unexpected: Vec<&str> = report

@@ -287,8 +287,6 @@ pub fn format_value(out: &mut String, v: f64) {
 mod tests {
     use super::*;
     use argus_common::model::stale_nan;
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
 
     fn fmt(v: f64) -> String {
         let mut s = String::new();
@@ -616,7 +614,7 @@ rpc_duration_seconds_sum 0.35 1000
     /// missing promtool skips loudly, unless `CI` is set: then it fails.
     #[test]
     fn promtool_accepts_federation_output() {
-        let Some(promtool) = find_promtool() else {
+        let Some(promtool) = argus_testkit::promtool::find() else {
             return;
         };
         let mut v = fixture();
@@ -651,41 +649,6 @@ rpc_duration_seconds_sum 0.35 1000
     }
 
     fn promtool_check(promtool: &std::path::Path, text: &str) -> (Option<i32>, String) {
-        let mut child = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write to promtool");
-        let out = child.wait_with_output().expect("promtool output");
-        let report = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), report)
-    }
-
-    fn find_promtool() -> Option<std::path::PathBuf> {
-        let found = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("promtool"))
-                .find(|p| p.is_file())
-        });
-        if found.is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool is required in CI (Debian package `prometheus`)"
-            );
-            eprintln!("\n*** SKIPPED: promtool not found (apt-get install prometheus) ***\n");
-        }
-        found
+        argus_testkit::promtool::run_check_metrics(promtool, text).expect("running promtool")
     }
 }
