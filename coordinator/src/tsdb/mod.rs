@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`index`]: series identity (metric name + sorted labels → [`SeriesId`]), the inverted
 //!   index behind label matchers, and per-metric metadata.
-//! - `head`: recent samples in memory: an open chunk per series, out-of-order
+//! - [`head`]: recent samples in memory: an open chunk per series, out-of-order
 //!   handling, and chunks sealed once their out-of-order window has closed, waiting for
 //!   the persistence layer to take them.
 //! - [`chunk`]: the codec for a run of one series' samples (bit-level helpers in `bits`).
@@ -15,10 +15,12 @@
 
 mod bits;
 pub mod chunk;
+pub mod head;
 pub mod index;
 pub mod mix;
 
 pub use chunk::ChunkError;
+pub use head::{Head, HeadConfig, HeadSnapshot, HeadStats, Refusal, SealedChunk, SeriesSnapshot};
 pub use index::{IndexSnapshot, MatchOp, Matcher, Metadata, SeriesId, SeriesIndex};
 
 /// Errors of the store layer.
@@ -50,6 +52,8 @@ pub enum TsdbError {
         found: u8,
         supported: u8,
     },
+    #[error("invalid tsdb setting {key}: {reason}")]
+    Config { key: &'static str, reason: String },
     #[error("corrupt {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
