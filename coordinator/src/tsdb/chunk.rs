@@ -57,13 +57,15 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Most samples one chunk may hold. Bounds what a decode allocates whatever the input says.
 pub const MAX_SAMPLES: usize = 8192;
 
-/// Largest decimal scale tried: 10^9 keeps nanosecond-like fractions while the scaled
-/// integers still fit exactly in an f64 mantissa for values up to about 9·10^6.
+/// Largest decimal scale tried: 10^9 covers nanosecond-like fractions; beyond it values
+/// are rarely decimal and the scaled integers would leave no room for the value.
 pub const MAX_SCALE: u8 = 9;
 
 const CODEC_XOR: u8 = 0x10;
-/// Scaled integers must be exactly representable in an f64, so decoding is exact.
-const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+/// Scaled integers must fit an i64. Exactness needs no bound of its own: every value
+/// is checked by the very division the decoder performs, so a byte counter past 2^53
+/// (an even integer as an f64) still takes the decimal path.
+const MAX_INT: f64 = 9_223_372_036_854_775_808.0; // 2^63
 const POW10: [f64; MAX_SCALE as usize + 1] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
 /// Why a byte string is not a chunk.
@@ -678,12 +680,12 @@ struct DecimalPlan {
     cost: u64,
 }
 
-/// The integer m with `m / 10^k == v` bit for bit, if there is one within ±2^53.
+/// The integer m with `m / 10^k == v` bit for bit, if there is one in the i64 range.
 fn scaled(v: f64, k: u8) -> Option<i64> {
     let p = POW10[usize::from(k)];
     let s = (v * p).round();
     // Also refuses NaN and infinities.
-    if s.is_nan() || s.abs() > MAX_EXACT {
+    if s.is_nan() || s.abs() >= MAX_INT {
         return None;
     }
     let m = s as i64;

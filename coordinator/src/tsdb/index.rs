@@ -21,6 +21,7 @@ use super::TsdbError;
 use argus_common::model::{Labels, MetricType, is_valid_label_name, is_valid_metric_name};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
@@ -208,7 +209,7 @@ impl IndexSnapshot {
 
 /// Checks a metric name and labels, and drops empty label values (an empty value is the
 /// same as an absent label, so both spellings must give the same series).
-fn canonical(name: &str, labels: &Labels) -> Result<Labels, TsdbError> {
+fn canonical<'a>(name: &str, labels: &'a Labels) -> Result<Cow<'a, Labels>, TsdbError> {
     if !is_valid_metric_name(name) {
         return Err(TsdbError::InvalidMetricName(name.to_owned()));
     }
@@ -224,11 +225,11 @@ fn canonical(name: &str, labels: &Labels) -> Result<Labels, TsdbError> {
         }
     }
     if labels.iter().any(|(_, v)| v.is_empty()) {
-        Ok(Labels::from_pairs(
+        Ok(Cow::Owned(Labels::from_pairs(
             labels.iter().filter(|(_, v)| !v.is_empty()),
-        ))
+        )))
     } else {
-        Ok(labels.clone())
+        Ok(Cow::Borrowed(labels))
     }
 }
 
@@ -283,7 +284,7 @@ impl SeriesIndex {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.insert(id, hash, name.to_owned(), labels);
+        self.insert(id, hash, name.to_owned(), labels.into_owned());
         Ok((id, true))
     }
 
@@ -498,17 +499,16 @@ impl SeriesIndex {
             if index.series.contains_key(&id) {
                 return Err(corrupt(format!("series id {id} appears twice")));
             }
-            let labels = canonical(&s.name, &s.labels)?;
-            if labels != s.labels {
+            if matches!(canonical(&s.name, &s.labels)?, Cow::Owned(_)) {
                 return Err(corrupt(format!("series {id} has an empty label value")));
             }
-            let hash = index.hash(&s.name, &labels);
-            if index.find(hash, &s.name, &labels).is_some() {
+            let hash = index.hash(&s.name, &s.labels);
+            if index.find(hash, &s.name, &s.labels).is_some() {
                 return Err(corrupt(format!(
                     "series {id} repeats another series' labels"
                 )));
             }
-            index.insert(id, hash, s.name, labels);
+            index.insert(id, hash, s.name, s.labels);
         }
         for (name, metadata) in snapshot.metadata {
             if index.metadata.contains_key(&name) {

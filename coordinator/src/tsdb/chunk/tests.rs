@@ -298,3 +298,17 @@ fn realistic_mix_stays_compact() {
     println!("realistic mix overall: {overall:.3} bytes/sample");
     assert!(overall < 1.9, "realistic mix: {overall:.3} bytes/sample");
 }
+
+#[test]
+fn integers_past_2_pow_53_stay_decimal() {
+    // A byte counter past 9 PB: even integers, exactly representable, still scale 0.
+    let s: Vec<(i64, f64)> = (0..120)
+        .map(|i| (i * 1000, 9_007_199_254_740_992.0 + (i * 4096) as f64))
+        .collect();
+    let bytes = round_trip(&s);
+    assert_eq!(
+        stats(&bytes).unwrap().codec,
+        ValueCodec::Decimal { scale: 0 }
+    );
+    round_trip(&[(0, 9.2e18), (1, -9.2e18), (2, 1e300), (3, -1e-300)]);
+}
