@@ -3,6 +3,8 @@
 //!
 //! - [`entry`]: the versioned, append-only entry kinds.
 //! - [`dedup`]: exactly-once apply of agent batches over at-least-once delivery.
+//! - [`machine`]: what each entry does to the series index, head and agent state.
 
 pub mod dedup;
 pub mod entry;
+pub mod machine;

@@ -1,0 +1,695 @@
+//! The deterministic core of apply: entries in, series index, head and dedup state out.
+//!
+//! No I/O, no clock, no randomness (DESIGN §3.2): time comes from the entry (the
+//! leader's stamp), and everything else from the entries applied before. The replica
+//! around it persists sealed chunks and checkpoints; this file decides what an entry
+//! does, so every rule (dedup, limits, clock skew, out-of-order) is tested here
+//! without a disk.
+
+use super::dedup::{SeqWindow, Verdict};
+use super::entry::{Entry, PushedMetadata, PushedSeries};
+use crate::tsdb::{
+    Head, HeadConfig, HeadSnapshot, IndexSnapshot, Metadata, Refusal, SealedChunk, SeriesId,
+    SeriesIndex, TsdbError,
+};
+use argus_common::model::{Labels, PointGroup, SeriesDef, SeriesRef, is_valid_label_name};
+use argus_common::wire::RefuseReason;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bounds on what entries may create. Each refusal is counted by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_labels: usize,
+    pub max_label_name_len: usize,
+    pub max_label_value_len: usize,
+    pub max_series_per_agent: usize,
+    pub max_points_per_batch: usize,
+    /// Samples stamped further ahead of the entry's leader time are refused.
+    pub max_future_ms: i64,
+    /// Incarnations remembered per agent; the least recently used is forgotten.
+    pub max_incarnations_per_agent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_labels: 64,
+            max_label_name_len: 1024,
+            max_label_value_len: 2048,
+            max_series_per_agent: 100_000,
+            max_points_per_batch: 1_000_000,
+            max_future_ms: 10 * 60_000,
+            max_incarnations_per_agent: 4,
+        }
+    }
+}
+
+/// What the proposer of an entry learns once it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// False when the whole entry was a duplicate (an agent batch seen before).
+    pub applied: bool,
+    /// For agent batches that must be sent again later (beyond the dedup window).
+    pub retry: bool,
+    pub accepted: u64,
+    pub refused: BTreeMap<RefuseReason, u64>,
+}
+
+impl Outcome {
+    fn refuse(&mut self, reason: RefuseReason, n: u64) {
+        if n > 0 {
+            *self.refused.entry(reason).or_default() += n;
+        }
+    }
+
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
+/// One agent incarnation's dedup window and series refs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Incarnation {
+    window: SeqWindow,
+    refs: BTreeMap<SeriesRef, SeriesId>,
+    highest_ref: Option<SeriesRef>,
+    /// Leader time of the last entry that used it, for least-recently-used eviction.
+    last_used_ms: i64,
+}
+
+/// Counters of what apply did, part of the replicated state so that every replica
+/// reports the same figures for the same index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyCounters {
+    pub entries: u64,
+    pub samples_appended: u64,
+    pub refused: BTreeMap<String, u64>,
+    pub incarnations_evicted: u64,
+}
+
+/// The dedup and agent part of a checkpoint; the head and index have their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct AgentsSnapshot {
+    agents: BTreeMap<String, BTreeMap<u64, Incarnation>>,
+    counters: ApplyCounters,
+    last_time_ms: i64,
+}
+
+/// Everything needed to rebuild the state at `applied`, each part versioned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub applied: u64,
+    pub index: Vec<u8>,
+    pub head: Vec<u8>,
+    pub agents: Vec<u8>,
+}
+
+const AGENTS_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Tsdb(#[from] TsdbError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+pub struct StateMachine {
+    applied: u64,
+    index: SeriesIndex,
+    head: Head,
+    agents: BTreeMap<String, BTreeMap<u64, Incarnation>>,
+    counters: ApplyCounters,
+    limits: Limits,
+    last_time_ms: i64,
+}
+
+impl StateMachine {
+    pub fn new(head: HeadConfig, limits: Limits) -> Result<Self, StateError> {
+        Ok(StateMachine {
+            applied: 0,
+            index: SeriesIndex::new(),
+            head: Head::new(head)?,
+            agents: BTreeMap::new(),
+            counters: ApplyCounters::default(),
+            limits,
+            last_time_ms: 0,
+        })
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn index(&self) -> &SeriesIndex {
+        &self.index
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    pub fn counters(&self) -> &ApplyCounters {
+        &self.counters
+    }
+
+    /// The leader time of the last applied entry: the replicated notion of "now".
+    pub fn last_time_ms(&self) -> i64 {
+        self.last_time_ms
+    }
+
+    /// Chunks whose out-of-order window closed, for the replica to persist.
+    pub fn take_sealed(&mut self) -> Vec<SealedChunk> {
+        self.head.take_sealed()
+    }
+
+    /// What `HelloOk` tells an agent incarnation: highest settled seq and highest ref.
+    pub fn agent_progress(
+        &self,
+        agent_id: &str,
+        incarnation: u64,
+    ) -> (Option<u64>, Option<SeriesRef>) {
+        self.agents
+            .get(agent_id)
+            .and_then(|m| m.get(&incarnation))
+            .map_or((None, None), |i| {
+                (i.window.highest_applied(), i.highest_ref)
+            })
+    }
+
+    /// Marks an index with no state change (a leader's no-op, a conf change).
+    pub fn skip(&mut self, index: u64) {
+        self.applied = index;
+    }
+
+    /// Applies one entry stamped with the leader's time.
+    pub fn apply(&mut self, index: u64, time_ms: i64, entry: &Entry) -> Outcome {
+        self.applied = index;
+        self.last_time_ms = self.last_time_ms.max(time_ms);
+        self.counters.entries += 1;
+        let outcome = match entry {
+            Entry::SeriesDefs {
+                agent_id,
+                incarnation,
+                defs,
+            } => self.apply_defs(agent_id, *incarnation, defs, time_ms),
+            Entry::AgentBatch {
+                agent_id,
+                incarnation,
+                seq,
+                lowest_seq,
+                groups,
+            } => self.apply_batch(agent_id, *incarnation, *seq, *lowest_seq, groups, time_ms),
+            Entry::RemoteWrite { series, metadata } => self.apply_push(series, metadata, time_ms),
+            // The replica drops the store's partitions; the head holds only recent data.
+            Entry::RetentionCut { .. } => Outcome {
+                applied: true,
+                ..Outcome::default()
+            },
+        };
+        for (reason, n) in &outcome.refused {
+            *self
+                .counters
+                .refused
+                .entry(reason.as_str().to_string())
+                .or_default() += n;
+        }
+        self.counters.samples_appended += outcome.accepted;
+        outcome
+    }
+
+    /// Validates a series identity against the limits; `__` labels other than the
+    /// metric name are refused here too, whatever the decoder let through.
+    fn check_labels(&self, labels: &Labels) -> Result<(), RefuseReason> {
+        if labels.len() > self.limits.max_labels {
+            return Err(RefuseReason::LabelLimit);
+        }
+        for (k, v) in labels.iter() {
+            if k.starts_with("__") || !is_valid_label_name(k) {
+                return Err(RefuseReason::Other);
+            }
+            if k.len() > self.limits.max_label_name_len || v.len() > self.limits.max_label_value_len
+            {
+                return Err(RefuseReason::LabelLimit);
+            }
+        }
+        Ok(())
+    }
+
+    fn incarnation(&mut self, agent_id: &str, incarnation: u64, time_ms: i64) -> &mut Incarnation {
+        Self::incarnation_in(
+            &mut self.agents,
+            &mut self.counters,
+            self.limits.max_incarnations_per_agent,
+            agent_id,
+            incarnation,
+            time_ms,
+        )
+    }
+
+    /// The incarnation's record, created if new; borrows only the fields it needs so
+    /// callers can hold it while appending to the head.
+    fn incarnation_in<'a>(
+        agents: &'a mut BTreeMap<String, BTreeMap<u64, Incarnation>>,
+        counters: &mut ApplyCounters,
+        max: usize,
+        agent_id: &str,
+        incarnation: u64,
+        time_ms: i64,
+    ) -> &'a mut Incarnation {
+        let max = max.max(1);
+        let known = agents.entry(agent_id.to_string()).or_default();
+        if !known.contains_key(&incarnation) && known.len() >= max {
+            // Deterministic eviction: oldest use, then lowest incarnation.
+            if let Some(victim) = known
+                .iter()
+                .min_by_key(|(inc, i)| (i.last_used_ms, **inc))
+                .map(|(inc, _)| *inc)
+            {
+                known.remove(&victim);
+                counters.incarnations_evicted += 1;
+            }
+        }
+        let inc = known.entry(incarnation).or_default();
+        inc.last_used_ms = inc.last_used_ms.max(time_ms);
+        inc
+    }
+
+    fn apply_defs(
+        &mut self,
+        agent_id: &str,
+        incarnation: u64,
+        defs: &[SeriesDef],
+        time_ms: i64,
+    ) -> Outcome {
+        let mut out = Outcome {
+            applied: true,
+            ..Outcome::default()
+        };
+        let limit = self.limits.max_series_per_agent;
+        for def in defs {
+            if let Err(r) = self.check_labels(&def.labels) {
+                out.refuse(r, 1);
+                continue;
+            }
+            let known = self.incarnation(agent_id, incarnation, time_ms).refs.len();
+            let existing = self
+                .agents
+                .get(agent_id)
+                .and_then(|m| m.get(&incarnation))
+                .is_some_and(|i| i.refs.contains_key(&def.series_ref));
+            if !existing && known >= limit {
+                out.refuse(RefuseReason::SeriesLimit, 1);
+                continue;
+            }
+            match self.index.get_or_create(&def.name, &def.labels) {
+                Ok((id, _)) => {
+                    let _ = self.index.set_metadata(
+                        &def.name,
+                        Metadata {
+                            kind: def.kind,
+                            unit: def.unit.clone(),
+                            help: def.help.clone(),
+                        },
+                    );
+                    let inc = self.incarnation(agent_id, incarnation, time_ms);
+                    inc.refs.insert(def.series_ref, id);
+                    inc.highest_ref = inc.highest_ref.max(Some(def.series_ref));
+                }
+                Err(_) => out.refuse(RefuseReason::Other, 1),
+            }
+        }
+        out
+    }
+
+    fn apply_batch(
+        &mut self,
+        agent_id: &str,
+        incarnation: u64,
+        seq: u64,
+        lowest_seq: u64,
+        groups: &[PointGroup],
+        time_ms: i64,
+    ) -> Outcome {
+        let points: usize = groups.iter().map(|g| g.points.len()).sum();
+        let max_future = self.limits.max_future_ms;
+        let max_points = self.limits.max_points_per_batch;
+        let inc = Self::incarnation_in(
+            &mut self.agents,
+            &mut self.counters,
+            self.limits.max_incarnations_per_agent,
+            agent_id,
+            incarnation,
+            time_ms,
+        );
+        match inc.window.admit(seq, lowest_seq) {
+            Verdict::Duplicate => return Outcome::default(),
+            Verdict::AheadOfWindow => {
+                return Outcome {
+                    retry: true,
+                    ..Outcome::default()
+                };
+            }
+            Verdict::Apply => {}
+        }
+        let mut out = Outcome {
+            applied: true,
+            ..Outcome::default()
+        };
+        if points > max_points {
+            out.refuse(RefuseReason::Other, points as u64);
+            return out;
+        }
+        // `inc` borrows the agents map and the head is a separate field: no copy of
+        // the ref map per batch.
+        let head = &mut self.head;
+        for g in groups {
+            if g.timestamp_ms > time_ms.saturating_add(max_future) {
+                out.refuse(RefuseReason::TooFarAhead, g.points.len() as u64);
+                continue;
+            }
+            for &(r, v) in &g.points {
+                match inc.refs.get(&r) {
+                    None => out.refuse(RefuseReason::UnknownSeries, 1),
+                    Some(&id) => append(head, id, g.timestamp_ms, v, &mut out),
+                }
+            }
+        }
+        out
+    }
+
+    fn apply_push(
+        &mut self,
+        series: &[PushedSeries],
+        metadata: &[PushedMetadata],
+        time_ms: i64,
+    ) -> Outcome {
+        let mut out = Outcome {
+            applied: true,
+            ..Outcome::default()
+        };
+        for m in metadata {
+            let _ = self.index.set_metadata(
+                &m.name,
+                Metadata {
+                    kind: m.kind,
+                    unit: m.unit.clone(),
+                    help: m.help.clone(),
+                },
+            );
+        }
+        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
+        for s in series {
+            if let Err(r) = self.check_labels(&s.labels) {
+                out.refuse(r, s.samples.len() as u64);
+                continue;
+            }
+            let id = match self.index.get_or_create(&s.name, &s.labels) {
+                Ok((id, _)) => id,
+                Err(_) => {
+                    out.refuse(RefuseReason::Other, s.samples.len() as u64);
+                    continue;
+                }
+            };
+            for &(t, v) in &s.samples {
+                if t > horizon {
+                    out.refuse(RefuseReason::TooFarAhead, 1);
+                } else {
+                    append(&mut self.head, id, t, v, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// Seals chunks of series idle for `idle_ms` at the replicated time, so a series
+    /// that stopped does not hold its last chunk in memory forever.
+    pub fn seal_idle(&mut self, idle_ms: i64) -> usize {
+        self.head.seal_idle(self.last_time_ms, idle_ms)
+    }
+
+    /// The state at `applied`, for a checkpoint. Sealed chunks not yet taken are part
+    /// of the head's snapshot, so nothing is lost between a take and a write.
+    pub fn checkpoint(&self) -> Result<Checkpoint, StateError> {
+        let agents = AgentsSnapshot {
+            agents: self.agents.clone(),
+            counters: self.counters.clone(),
+            last_time_ms: self.last_time_ms,
+        };
+        let mut agent_bytes = vec![AGENTS_VERSION];
+        agent_bytes.extend(
+            postcard::to_allocvec(&agents).map_err(|e| StateError::Checkpoint(e.to_string()))?,
+        );
+        Ok(Checkpoint {
+            applied: self.applied,
+            index: self.index.snapshot().to_bytes()?,
+            head: self.head.checkpoint()?.to_bytes()?,
+            agents: agent_bytes,
+        })
+    }
+
+    /// Rebuilds the state from a checkpoint.
+    pub fn restore(cp: &Checkpoint, head: HeadConfig, limits: Limits) -> Result<Self, StateError> {
+        let index = SeriesIndex::restore(IndexSnapshot::from_bytes(&cp.index)?)?;
+        let head = Head::restore(head, HeadSnapshot::from_bytes(&cp.head)?)?;
+        let (&version, body) = cp
+            .agents
+            .split_first()
+            .ok_or_else(|| StateError::Checkpoint("empty agents section".into()))?;
+        if version != AGENTS_VERSION {
+            return Err(StateError::Checkpoint(format!(
+                "agents section has version {version}, this build reads {AGENTS_VERSION}"
+            )));
+        }
+        let agents: AgentsSnapshot =
+            postcard::from_bytes(body).map_err(|e| StateError::Checkpoint(e.to_string()))?;
+        Ok(StateMachine {
+            applied: cp.applied,
+            index,
+            head,
+            agents: agents.agents,
+            counters: agents.counters,
+            limits,
+            last_time_ms: agents.last_time_ms,
+        })
+    }
+}
+
+/// Appends one sample. Pushes carry no seq, so the head's own duplicate check on
+/// (series, timestamp) is what makes a retried push idempotent.
+fn append(head: &mut Head, id: SeriesId, t: i64, v: f64, out: &mut Outcome) {
+    match head.append(id, t, v) {
+        Ok(()) => out.accepted += 1,
+        Err(Refusal::TooOld) => out.refuse(RefuseReason::OutOfOrder, 1),
+        Err(Refusal::Duplicate | Refusal::DuplicateTimestamp) => {
+            out.refuse(RefuseReason::Duplicate, 1)
+        }
+        Err(Refusal::Corrupt) => out.refuse(RefuseReason::Other, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argus_common::model::{MetricType, stale_nan};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn sm() -> StateMachine {
+        StateMachine::new(HeadConfig::default(), Limits::default()).unwrap()
+    }
+
+    fn def(r: SeriesRef, device: &str) -> SeriesDef {
+        SeriesDef {
+            series_ref: r,
+            name: "node_network_receive_bytes_total".into(),
+            labels: Labels::from_pairs([("device", device), ("instance", "h1"), ("job", "node")]),
+            kind: MetricType::Counter,
+            unit: "bytes".into(),
+            help: "Received bytes.".into(),
+        }
+    }
+
+    fn defs(agent: &str, inc: u64) -> Entry {
+        Entry::SeriesDefs {
+            agent_id: agent.into(),
+            incarnation: inc,
+            defs: vec![def(1, "eth0"), def(2, "eth1")],
+        }
+    }
+
+    fn batch(inc: u64, seq: u64, lowest: u64, t: i64, points: Vec<(SeriesRef, f64)>) -> Entry {
+        Entry::AgentBatch {
+            agent_id: "a1".into(),
+            incarnation: inc,
+            seq,
+            lowest_seq: lowest,
+            groups: vec![PointGroup {
+                timestamp_ms: t,
+                points,
+            }],
+        }
+    }
+
+    fn samples(sm: &StateMachine, device: &str) -> Vec<(i64, f64)> {
+        let labels = Labels::from_pairs([("device", device), ("instance", "h1"), ("job", "node")]);
+        let id = sm
+            .index()
+            .lookup("node_network_receive_bytes_total", &labels)
+            .unwrap();
+        sm.head().select(id, i64::MIN, i64::MAX).unwrap().collect()
+    }
+
+    #[test]
+    fn an_agent_batch_applies_exactly_once() {
+        let mut s = sm();
+        s.apply(1, T0, &defs("a1", 7));
+        let b = batch(7, 1, 1, T0, vec![(1, 10.0), (2, 20.0)]);
+        let first = s.apply(2, T0, &b);
+        assert!(first.applied);
+        assert_eq!(first.accepted, 2);
+        // Redelivery after a lost Ack: acknowledged again, stored once.
+        let again = s.apply(3, T0 + 5, &b);
+        assert!(!again.applied);
+        assert_eq!(again.accepted, 0);
+        assert_eq!(samples(&s, "eth0"), vec![(T0, 10.0)]);
+        assert_eq!(s.agent_progress("a1", 7), (Some(1), Some(2)));
+        assert_eq!(s.counters().samples_appended, 2);
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let mut s = sm();
+        s.apply(1, T0, &defs("a1", 7));
+        let out = s.apply(
+            2,
+            T0,
+            &Entry::AgentBatch {
+                agent_id: "a1".into(),
+                incarnation: 7,
+                seq: 1,
+                lowest_seq: 1,
+                groups: vec![
+                    PointGroup {
+                        timestamp_ms: T0,
+                        points: vec![(1, 1.0), (99, 1.0)],
+                    },
+                    PointGroup {
+                        timestamp_ms: T0 + 3_600_000,
+                        points: vec![(1, 2.0)],
+                    },
+                ],
+            },
+        );
+        assert_eq!(out.accepted, 1);
+        assert_eq!(out.refused[&RefuseReason::UnknownSeries], 1);
+        assert_eq!(out.refused[&RefuseReason::TooFarAhead], 1);
+        assert_eq!(s.counters().refused["unknown_series"], 1);
+    }
+
+    #[test]
+    fn a_retried_push_is_stored_once() {
+        let mut s = sm();
+        let push = Entry::RemoteWrite {
+            series: vec![PushedSeries {
+                name: "up".into(),
+                labels: Labels::from_pairs([("instance", "x:9100"), ("job", "node")]),
+                samples: vec![(T0, 1.0), (T0 + 15_000, stale_nan())],
+            }],
+            metadata: vec![PushedMetadata {
+                name: "up".into(),
+                kind: MetricType::Gauge,
+                unit: String::new(),
+                help: "Scrape health.".into(),
+            }],
+        };
+        assert_eq!(s.apply(1, T0, &push).accepted, 2);
+        let again = s.apply(2, T0, &push);
+        assert_eq!(again.accepted, 0);
+        assert_eq!(again.refused[&RefuseReason::Duplicate], 2);
+        assert_eq!(s.index().metadata("up").unwrap().help, "Scrape health.");
+    }
+
+    #[test]
+    fn reserved_and_oversized_labels_are_refused() {
+        let mut s = StateMachine::new(
+            HeadConfig::default(),
+            Limits {
+                max_labels: 2,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        let series = |labels: Labels| PushedSeries {
+            name: "x".into(),
+            labels,
+            samples: vec![(T0, 1.0)],
+        };
+        let out = s.apply(
+            1,
+            T0,
+            &Entry::RemoteWrite {
+                series: vec![
+                    series(Labels::from_pairs([("__meta", "1")])),
+                    series(Labels::from_pairs([("a", "1"), ("b", "2"), ("c", "3")])),
+                    series(Labels::from_pairs([("a", "1")])),
+                ],
+                metadata: vec![],
+            },
+        );
+        assert_eq!(out.accepted, 1);
+        assert_eq!(out.refused[&RefuseReason::Other], 1);
+        assert_eq!(out.refused[&RefuseReason::LabelLimit], 1);
+        assert_eq!(s.index().len(), 1, "refused series are not indexed");
+    }
+
+    #[test]
+    fn incarnations_are_bounded_and_evicted_deterministically() {
+        let mut s = StateMachine::new(
+            HeadConfig::default(),
+            Limits {
+                max_incarnations_per_agent: 2,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        for (i, inc) in [10u64, 11, 12].iter().enumerate() {
+            s.apply(i as u64 + 1, T0 + i as i64, &defs("a1", *inc));
+        }
+        assert_eq!(s.agent_progress("a1", 10), (None, None));
+        assert_eq!(s.agent_progress("a1", 12).1, Some(2));
+        assert_eq!(s.counters().incarnations_evicted, 1);
+    }
+
+    /// A checkpoint restored and fed the same entries ends in the same state as the
+    /// replica that never stopped: the basis of restart and of replica agreement.
+    #[test]
+    fn checkpoint_restore_then_replay_matches_a_replica_that_never_stopped() {
+        let entries: Vec<Entry> = std::iter::once(defs("a1", 7))
+            .chain((1..=300u64).map(|seq| {
+                let t = T0 + seq as i64 * 15_000;
+                batch(7, seq, 1, t, vec![(1, seq as f64 * 1.5), (2, 0.25)])
+            }))
+            .collect();
+        let mut a = sm();
+        let mut b = sm();
+        for (i, e) in entries.iter().enumerate().take(150) {
+            let t = T0 + i as i64 * 15_000;
+            a.apply(i as u64 + 1, t, e);
+            b.apply(i as u64 + 1, t, e);
+        }
+        let cp = b.checkpoint().unwrap();
+        let mut b = StateMachine::restore(&cp, HeadConfig::default(), Limits::default()).unwrap();
+        assert_eq!(b.applied(), 150);
+        for (i, e) in entries.iter().enumerate().skip(150) {
+            let t = T0 + i as i64 * 15_000;
+            assert_eq!(a.apply(i as u64 + 1, t, e), b.apply(i as u64 + 1, t, e));
+        }
+        let (sa, sb) = (a.take_sealed(), b.take_sealed());
+        assert_eq!(sa, sb);
+        assert_eq!(samples(&a, "eth0"), samples(&b, "eth0"));
+        assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
+        assert_eq!(a.counters(), b.counters());
+    }
+}
