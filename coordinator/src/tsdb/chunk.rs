@@ -140,14 +140,19 @@ pub fn encode(samples: &[(i64, f64)]) -> Result<Vec<u8>, ChunkError> {
     let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
     let mut scratch = Vec::with_capacity(samples.len());
 
-    let xor_cost = if values.is_empty() {
-        0
-    } else {
+    let decimal = plan_decimal(&values, &mut scratch).filter(|d| {
+        // XOR spends 64 bits on the first value and at least 3 on each change; only
+        // when the decimal plan is not already cheaper than that is XOR tried for real.
+        let changes = values
+            .windows(2)
+            .filter(|w| w[0].to_bits() != w[1].to_bits());
+        if d.cost <= 64 + 3 * changes.count() as u64 {
+            return true;
+        }
         let mut w = BitWriter::default();
         write_xor(&mut w, &values);
-        w.bit_len() as u64
-    };
-    let decimal = plan_decimal(&values, &mut scratch).filter(|d| d.cost < xor_cost);
+        d.cost < w.bit_len() as u64
+    });
 
     let mut header = vec![
         FORMAT_VERSION,
@@ -506,7 +511,10 @@ fn residuals(xs: &[i64], reference: Reference, base: i64, shift: i64, out: &mut 
                 .wrapping_sub(base.wrapping_mul(i as i64 + 1))
                 .wrapping_sub(shift),
         };
-        divisor = gcd(divisor, residual.unsigned_abs());
+        // Noisy residuals reach 1 within a few samples; stop computing gcds then.
+        if divisor != 1 {
+            divisor = gcd(divisor, residual.unsigned_abs());
+        }
         out.push(residual as u64);
         if reference == Reference::Prev {
             expected = delta;
@@ -518,8 +526,14 @@ fn residuals(xs: &[i64], reference: Reference, base: i64, shift: i64, out: &mut 
     } else {
         divisor
     };
-    for r in out.iter_mut() {
-        *r = zigzag((*r as i64) / divisor as i64);
+    if divisor == 1 {
+        for r in out.iter_mut() {
+            *r = zigzag(*r as i64);
+        }
+    } else {
+        for r in out.iter_mut() {
+            *r = zigzag((*r as i64) / divisor as i64);
+        }
     }
     divisor
 }
