@@ -7,8 +7,10 @@
 //! - [`state`]: the replicated state machine and its versioned entry kinds.
 //! - [`tsdb`]: series index, compressed chunks, tiers and retention.
 //! - [`api`]: HTTP endpoints (remote write, federation, series metadata).
+//! - [`server`]: `argus serve`: one node assembled from all of the above.
 
 pub mod api;
 pub mod cluster;
+pub mod server;
 pub mod state;
 pub mod tsdb;

@@ -11,6 +11,7 @@
 //! - `protowire`: the protobuf wire-format reader and writer under `remote_write`.
 
 pub mod exposition;
+pub mod http;
 pub mod prom_json;
 mod protowire;
 pub mod remote_write;

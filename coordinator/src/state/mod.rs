@@ -4,7 +4,9 @@
 //! - [`entry`]: the versioned, append-only entry kinds.
 //! - [`dedup`]: exactly-once apply of agent batches over at-least-once delivery.
 //! - [`machine`]: what each entry does to the series index, head and agent state.
+//! - [`replica`]: the machine as the Raft node drives it: store writes and checkpoints.
 
 pub mod dedup;
 pub mod entry;
 pub mod machine;
+pub mod replica;

@@ -1,0 +1,157 @@
+//! `argus serve`: one coordinator node with its data directory, serving HTTP.
+//!
+//! Assembles the pieces: the Raft log (its own fjall database), the store (another),
+//! the replica that applies entries, the node's threads, and the axum router. Writes
+//! are answered only once their entry is committed and applied (DESIGN §2).
+
+use crate::api::http::{AppState, HttpCounters, router};
+use crate::cluster::{FjallLogStorage, NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
+use crate::state::machine::Outcome;
+use crate::state::replica::{Replica, ReplicaConfig};
+use crate::tsdb::store::{Store, StoreConfig};
+use crate::tsdb::tier::Tiers;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Required to listen anywhere but loopback until API tokens exist (fleet issue).
+    pub write_token: Option<String>,
+    /// Largest compressed remote-write body; larger ones get 413.
+    pub max_body_bytes: usize,
+    pub tick: Duration,
+    pub replica: ReplicaConfig,
+    pub tiers: Tiers,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServeConfig {
+            data_dir,
+            listen,
+            write_token: None,
+            max_body_bytes: 16 << 20,
+            tick: Duration::from_millis(100),
+            replica: ReplicaConfig::default(),
+            tiers: Tiers::argus_defaults(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0} without --write-token: until API tokens exist, `argus serve` accepts unauthenticated writes only on loopback"
+    )]
+    Unauthenticated(SocketAddr),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("raft log: {0}")]
+    Log(#[from] crate::cluster::LogError),
+    #[error("store: {0}")]
+    Store(#[from] crate::tsdb::store::StoreError),
+    #[error("state: {0}")]
+    Replica(#[from] crate::state::replica::ReplicaError),
+    #[error("raft node: {0}")]
+    Node(#[from] crate::cluster::NodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the node's threads: {0}")]
+    Threads(std::io::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// A running node: its HTTP address and the handle that stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    node: NodeHandle<Outcome>,
+    http: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops serving, then stops the node's threads.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        match self.http.await {
+            Ok(r) => r.map_err(ServeError::Http)?,
+            Err(e) => tracing::warn!("HTTP task: {e}"),
+        }
+        tokio::task::spawn_blocking(move || self.node.shutdown())
+            .await
+            .map_err(|e| ServeError::Threads(std::io::Error::other(e)))??;
+        Ok(())
+    }
+}
+
+/// Opens the data directory, starts the node and binds the HTTP listener.
+pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    if cfg.write_token.is_none() && !cfg.listen.ip().is_loopback() {
+        return Err(ServeError::Unauthenticated(cfg.listen));
+    }
+    let dir_err = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| ServeError::DataDir { path, source }
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err(&cfg.data_dir))?;
+    let log_dir = cfg.data_dir.join("raft");
+    let tsdb_dir = cfg.data_dir.join("tsdb");
+    let log = FjallLogStorage::open(&log_dir)?;
+    let store = Arc::new(Store::open(&tsdb_dir, StoreConfig::new(cfg.tiers.clone()))?);
+    let replica = Replica::open(store.clone(), cfg.replica)?;
+    let state = replica.shared();
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        checkpoint = replica.checkpointed(),
+        "state loaded; replaying the log after the checkpoint"
+    );
+    let parts = RaftNode::build(NodeConfig::default(), log, NoPeers, replica)?;
+    let node = spawn(parts, cfg.tick).map_err(ServeError::Threads)?;
+    let app = AppState {
+        proposer: node.proposer().clone(),
+        stats: node.stats().clone(),
+        state,
+        store,
+        counters: Arc::new(HttpCounters::default()),
+        write_token: cfg.write_token.clone(),
+        limits: Default::default(),
+        started: std::time::Instant::now(),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let service = router(app, cfg.max_body_bytes);
+    let http = tokio::spawn(async move {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "serving HTTP");
+    Ok(Running {
+        addr,
+        node,
+        http,
+        stop,
+    })
+}

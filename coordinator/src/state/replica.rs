@@ -1,0 +1,259 @@
+//! The state machine as the Raft node drives it: entries decoded and applied, sealed
+//! chunks written to the store, checkpoints taken (DESIGN §2).
+//!
+//! Durability lives in the log. The store is written without fsync; every
+//! `checkpoint_entries` entries or `checkpoint_samples` samples the replica writes
+//! the head, index and dedup state together with the applied index they cover, in one
+//! atomic store batch, and syncs it. Only then may the log be compacted up to that
+//! index. A restart loads the last checkpoint and the node replays the log after it;
+//! chunks sealed again during the replay overwrite the same keys with the same bytes,
+//! because apply is deterministic.
+
+use super::entry::Entry;
+use super::machine::{Checkpoint, Limits, Outcome, StateError, StateMachine};
+use crate::cluster::{Apply, CommittedEntry, EntryKind};
+use crate::tsdb::HeadConfig;
+use crate::tsdb::store::{ChunkRef, Store, StoreError};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const CHECKPOINT_VERSION: u8 = 1;
+
+/// The state machine shared between the apply thread (writer) and HTTP readers.
+pub type SharedState = Arc<RwLock<StateMachine>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaConfig {
+    pub head: HeadConfig,
+    pub limits: Limits,
+    pub checkpoint_entries: u64,
+    pub checkpoint_samples: u64,
+    /// A series that received nothing for this long has its open chunk sealed, so
+    /// ended series leave memory.
+    pub seal_idle_ms: i64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            head: HeadConfig::default(),
+            limits: Limits::default(),
+            checkpoint_entries: 10_000,
+            checkpoint_samples: 5_000_000,
+            seal_idle_ms: 2 * 3_600_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("log entry {index}: {reason}")]
+    Entry { index: u64, reason: String },
+    #[error("the state lock was poisoned by a panic on another thread")]
+    Poisoned,
+    #[error("snapshots arrive with the cluster issue; a one-voter group never receives one")]
+    SnapshotUnsupported,
+}
+
+pub struct Replica {
+    state: SharedState,
+    store: Arc<Store>,
+    config: ReplicaConfig,
+    /// Index covered by the last synced checkpoint.
+    checkpointed: u64,
+    since_checkpoint_entries: u64,
+    since_checkpoint_samples: u64,
+}
+
+impl Replica {
+    /// Opens the replica on `store`, from its last checkpoint if there is one.
+    pub fn open(store: Arc<Store>, config: ReplicaConfig) -> Result<Replica, ReplicaError> {
+        let sm = match store.get_meta(CHECKPOINT_KEY)? {
+            Some(bytes) => {
+                let cp = decode_checkpoint(&bytes)?;
+                StateMachine::restore(&cp, config.head, config.limits)?
+            }
+            None => StateMachine::new(config.head, config.limits)?,
+        };
+        let checkpointed = sm.applied();
+        Ok(Replica {
+            state: Arc::new(RwLock::new(sm)),
+            store,
+            config,
+            checkpointed,
+            since_checkpoint_entries: 0,
+            since_checkpoint_samples: 0,
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn checkpointed(&self) -> u64 {
+        self.checkpointed
+    }
+
+    fn write(&self) -> Result<std::sync::RwLockWriteGuard<'_, StateMachine>, ReplicaError> {
+        self.state.write().map_err(|_| ReplicaError::Poisoned)
+    }
+
+    pub fn read(&self) -> Result<RwLockReadGuard<'_, StateMachine>, ReplicaError> {
+        self.state.read().map_err(|_| ReplicaError::Poisoned)
+    }
+
+    /// Writes the sealed chunks, and a checkpoint with them when one is due.
+    fn persist(&mut self, force_checkpoint: bool) -> Result<(), ReplicaError> {
+        let due = force_checkpoint
+            || self.since_checkpoint_entries >= self.config.checkpoint_entries
+            || self.since_checkpoint_samples >= self.config.checkpoint_samples;
+        let (sealed, checkpoint) = {
+            let mut sm = self.write()?;
+            sm.seal_idle(self.config.seal_idle_ms);
+            let sealed = sm.take_sealed();
+            let cp = if due && sm.applied() > self.checkpointed {
+                Some(sm.checkpoint()?)
+            } else {
+                None
+            };
+            (sealed, cp)
+        };
+        if sealed.is_empty() && checkpoint.is_none() {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        for c in &sealed {
+            batch.chunk(&ChunkRef {
+                series_id: c.series,
+                min_t: c.min_t,
+                max_t: c.max_t,
+                bytes: &c.bytes,
+            })?;
+        }
+        if let Some(cp) = &checkpoint {
+            batch.put_meta(CHECKPOINT_KEY, &encode_checkpoint(cp))?;
+        }
+        batch.commit()?;
+        if let Some(cp) = checkpoint {
+            self.store.sync()?;
+            self.checkpointed = cp.applied;
+            self.since_checkpoint_entries = 0;
+            self.since_checkpoint_samples = 0;
+            tracing::debug!(applied = cp.applied, "checkpoint synced");
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint now (orderly shutdown), so a restart replays little.
+    pub fn checkpoint_now(&mut self) -> Result<(), ReplicaError> {
+        self.persist(true)
+    }
+}
+
+impl Apply for Replica {
+    type Outcome = Outcome;
+    type Error = ReplicaError;
+
+    fn applied_index(&self) -> u64 {
+        self.state.read().map(|s| s.applied()).unwrap_or(0)
+    }
+
+    fn apply(&mut self, entry: CommittedEntry<'_>) -> Result<Outcome, ReplicaError> {
+        let index = entry.index;
+        match entry.kind {
+            EntryKind::Empty | EntryKind::ConfChange(_) => {
+                self.write()?.skip(index);
+                Ok(Outcome::default())
+            }
+            EntryKind::Proposal(p) => {
+                let decoded = Entry::decode(p.payload).map_err(|e| ReplicaError::Entry {
+                    index,
+                    reason: e.to_string(),
+                })?;
+                if let Entry::RetentionCut { tier, before_ms } = &decoded {
+                    let dropped = self.store.drop_before(*tier, *before_ms)?;
+                    tracing::info!(tier, before_ms, ?dropped, "retention cut applied");
+                }
+                let outcome = self.write()?.apply(index, p.time_ms, &decoded);
+                self.since_checkpoint_entries += 1;
+                self.since_checkpoint_samples += outcome.accepted;
+                Ok(outcome)
+            }
+        }
+    }
+
+    fn end_batch(&mut self) -> Result<(), ReplicaError> {
+        self.persist(false)
+    }
+
+    fn restore_snapshot(
+        &mut self,
+        _snapshot: &raft::prelude::Snapshot,
+    ) -> Result<(), ReplicaError> {
+        Err(ReplicaError::SnapshotUnsupported)
+    }
+
+    fn compact_log_to(&mut self) -> Option<u64> {
+        // Everything at or below the synced checkpoint is covered by it.
+        (self.checkpointed > 0).then_some(self.checkpointed + 1)
+    }
+}
+
+fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
+    let mut out = vec![CHECKPOINT_VERSION];
+    out.extend_from_slice(&cp.applied.to_be_bytes());
+    for part in [&cp.index, &cp.head, &cp.agents] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
+    let bad = |reason: String| StateError::Checkpoint(reason);
+    let (&version, mut rest) = bytes
+        .split_first()
+        .ok_or_else(|| bad("empty checkpoint".into()))?;
+    if version != CHECKPOINT_VERSION {
+        return Err(bad(format!(
+            "checkpoint format {version}, this build reads {CHECKPOINT_VERSION}"
+        ))
+        .into());
+    }
+    let take_u64 = |rest: &mut &[u8]| -> Result<u64, StateError> {
+        let (head, tail) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| bad("truncated checkpoint".into()))?;
+        *rest = tail;
+        Ok(u64::from_be_bytes(*head))
+    };
+    let applied = take_u64(&mut rest)?;
+    let mut parts = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let len = take_u64(&mut rest)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= rest.len())
+            .ok_or_else(|| bad("checkpoint part runs past its end".into()))?;
+        let (part, tail) = rest.split_at(len);
+        parts.push(part.to_vec());
+        rest = tail;
+    }
+    let agents = parts.pop().unwrap_or_default();
+    let head = parts.pop().unwrap_or_default();
+    let index = parts.pop().unwrap_or_default();
+    Ok(Checkpoint {
+        applied,
+        index,
+        head,
+        agents,
+    })
+}
