@@ -5,6 +5,9 @@
 //! - [`proc`]: CPU and memory of processes, for benchmarks.
 //! - [`promtool`]: the real promtool validating our exposition output.
 
+pub mod child;
 pub mod docker;
+pub mod http;
 pub mod proc;
+pub mod prometheus;
 pub mod promtool;
