@@ -5,6 +5,7 @@ use super::exposition::{self, FederatedSample};
 use super::prom_json::{ApiError, ApiResponse, MetadataData, MetadataEntry, SeriesLabels};
 use super::remote_write::{self, DecodeLimits, WriteBatch};
 use super::selector::{MatchOp as SelOp, parse_series_selector};
+use crate::cluster::stats::FSYNC_BUCKETS_SECONDS;
 use crate::cluster::{NodeStats, ProposeError, Proposer};
 use crate::state::entry::{Entry, PushedMetadata, PushedSeries};
 use crate::state::machine::{Outcome, StateMachine};
@@ -547,6 +548,28 @@ async fn metrics(State(app): State<AppState>) -> Response {
         "gauge",
         "Seconds since the node started.",
         &[("", app.started.elapsed().as_secs_f64())],
+    );
+    // The fsyncs of argus_raft_fsyncs_total as a histogram, so a p99 can be read. The node
+    // keeps non-cumulative bucket counts; the exposition format wants cumulative ones.
+    let _ = writeln!(
+        out,
+        "# HELP argus_raft_fsync_duration_seconds Duration of fsyncs of the Raft log.\n# TYPE argus_raft_fsync_duration_seconds histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, count) in s.fsync_buckets.iter().enumerate() {
+        cumulative += count;
+        let le = FSYNC_BUCKETS_SECONDS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), f64::to_string);
+        let _ = writeln!(
+            out,
+            "argus_raft_fsync_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "argus_raft_fsync_duration_seconds_sum {}\nargus_raft_fsync_duration_seconds_count {cumulative}",
+        s.fsync_seconds
     );
     ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], out).into_response()
 }
