@@ -13,11 +13,14 @@
 //! passed in as arguments, because the same apply runs on every Raft node (DESIGN §3.2).
 //! The persistence layer (fjall), tiers and retention build on these types.
 
+pub mod aggregate;
 mod bits;
 pub mod chunk;
 pub mod head;
 pub mod index;
 pub mod mix;
+pub mod store;
+pub mod tier;
 
 pub use chunk::ChunkError;
 pub use head::{Head, HeadConfig, HeadSnapshot, HeadStats, Refusal, SealedChunk, SeriesSnapshot};

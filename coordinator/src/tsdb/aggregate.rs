@@ -1,0 +1,759 @@
+//! Downsampling: per-step aggregate windows of one series, and the [`Aggregator`] that
+//! seals them once the out-of-order window has closed.
+//!
+//! An [`Aggregate`] holds min, max, sum, count and last of the window's samples, and for
+//! counters the reset-adjusted increase, so `rate` and `increase` over old ranges stay
+//! right after the raw samples are gone.
+//!
+//! **Windows** start on the step grid counted from the Unix epoch (`start = t - t mod
+//! step`), so windows of every series and every node line up, and a coarser window (whose
+//! step is a multiple, see [`super::tier`]) is exactly a run of finer ones.
+//!
+//! **StaleNaN** samples are left out: they end a series, they are not values, and they must
+//! not turn min, max or sum into NaN. A window holding only stale markers produces nothing.
+//! Any other NaN is a value, treated as Prometheus's `*_over_time` functions treat it:
+//! min and max skip it unless every value is NaN, sum becomes NaN.
+//!
+//! **Counter increase.** The increase of window W is the reset-adjusted difference between
+//! W's last sample and the last sample before W (the "carry"; for the very first window,
+//! W's own first sample). A decrease is a reset, and the value after it counts as increase
+//! from 0, as in Prometheus. Computed as `(last - reference) + Σ value before each reset`,
+//! which equals the sum of per-pair deltas; adjacent windows therefore telescope, and the
+//! increases of all windows sum to the increase of the whole series.
+//!
+//! **Exactness.** Composing windows (5 m → 1 h) is exact for min, max, count and last
+//! always, and for sum and increase whenever the partial sums are exactly representable
+//! (integer-valued series below 2^53, or values on a binary grid such as multiples of
+//! 0.5); otherwise float addition is not associative, and the results agree to rounding.
+//!
+//! **Sealing.** A window may only be written once no sample can join it any more. The
+//! head accepts a sample of a series if it is no older than that series' newest timestamp
+//! minus the out-of-order window, so a window whose end is at or before `newest - ooo` is
+//! final: the [`Aggregator`] seals it then. It must be fed the samples the head accepted,
+//! in apply order, so its idea of "newest" is the head's. A series that stops never
+//! advances its own clock; [`Aggregator::advance_watermark`] seals such windows against a
+//! global watermark the caller chooses (newest timestamp seen minus the out-of-order
+//! window, or the leader's time from the log); a sample that later lands in a window
+//! already sealed is refused from the aggregates and counted (`late`); the raw tier still
+//! has it. Everything is deterministic: no clocks, ordered maps only.
+//!
+//! **Cascade.** The aggregator serves every aggregate tier at once: raw samples make the
+//! finest windows, and each sealed window of a tier is merged into the open window of the
+//! next coarser tier. So a 1-day tier never buffers a day of raw samples, and the coarse
+//! tiers are exactly what aggregating the finer tier gives.
+//!
+//! **Blocks.** Sealed windows are handed out in blocks: the windows of one series inside a
+//! span of `step × k` aligned on the epoch grid, with k at most
+//! [`DEFAULT_BLOCK_WINDOWS`] and dividing the tier's partition, so a block never straddles
+//! a partition. Writing a block rather than a window per key keeps the per-value overhead
+//! small and lets the column codec see runs. A block is released once the series'
+//! frontier passes its end; replaying the log after a restart rebuilds the same blocks
+//! with the same keys.
+//!
+//! **On disk** a block is one value: a format byte, a flags byte, the window count, then
+//! one column per field (min, max, sum, count, last, and increase for counters), each a
+//! chunk of the chunk codec with the window starts as timestamps (a perfect grid costs a
+//! few bits) and the field as value (counts and decimal values cost a few bits each).
+
+use std::collections::BTreeMap;
+
+use argus_common::model::{MetricType, is_stale_nan};
+use serde::{Deserialize, Serialize};
+
+use super::bits::{get_varint, put_varint};
+use super::chunk::{self, ChunkError};
+use super::tier::{Tiers, align_down};
+
+/// Format of an encoded block of windows (DESIGN §3.7).
+pub const BLOCK_FORMAT: u8 = 1;
+
+/// Format of an encoded [`Aggregator`] state (inside a checkpoint).
+pub const STATE_FORMAT: u8 = 1;
+
+/// Most windows in one block, and the default of [`AggregatorConfig::max_block_windows`]:
+/// 24 makes 5 m blocks span 2 h (like a raw chunk at 60 s) and 1 h blocks a day.
+pub const DEFAULT_BLOCK_WINDOWS: usize = 24;
+
+/// Most samples one series may hold in open windows. More means a series far ahead of its
+/// out-of-order window (an absurd sample rate); its oldest windows are then sealed early
+/// and counted (`forced`), so memory stays bounded whatever the input.
+pub const MAX_OPEN_SAMPLES: usize = 8192;
+
+const FLAG_INCREASE: u8 = 1;
+const COLUMN_NAMES: [&str; 6] = ["min", "max", "sum", "count", "last", "increase"];
+/// Counts are stored as f64; above 2^53 they would no longer be exact.
+const MAX_COUNT: f64 = 9_007_199_254_740_992.0;
+
+/// One aggregate window of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Window start, a multiple of the step since the epoch. The window is
+    /// `[start_ms, start_ms + step)`.
+    pub start_ms: i64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    /// Samples in the window (StaleNaN markers not counted). Never 0.
+    pub count: u64,
+    /// Reset-adjusted increase, for counters only.
+    pub increase: Option<f64>,
+    /// Value of the window's last sample.
+    pub last: f64,
+}
+
+impl Aggregate {
+    /// Mean of the window's samples.
+    pub fn avg(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+
+    /// Equality by bits, so NaN values compare equal to themselves.
+    pub fn bit_eq(&self, other: &Aggregate) -> bool {
+        self.start_ms == other.start_ms
+            && self.min.to_bits() == other.min.to_bits()
+            && self.max.to_bits() == other.max.to_bits()
+            && self.sum.to_bits() == other.sum.to_bits()
+            && self.count == other.count
+            && self.increase.map(f64::to_bits) == other.increase.map(f64::to_bits)
+            && self.last.to_bits() == other.last.to_bits()
+    }
+
+    /// Folds a later window (of the same coarse window) into this one.
+    fn absorb(&mut self, later: &Aggregate) {
+        self.min = self.min.min(later.min);
+        self.max = self.max.max(later.max);
+        self.sum += later.sum;
+        self.count += later.count;
+        self.last = later.last;
+        self.increase = match (self.increase, later.increase) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Why aggregation input or an encoded block is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AggregateError {
+    #[error("aggregate step must be positive, got {0} ms")]
+    BadStep(i64),
+    #[error("out-of-order window must not be negative, got {0} ms")]
+    BadOooWindow(i64),
+    #[error("block of windows is empty or cut short")]
+    Truncated,
+    #[error("block format version {0} is not supported (this build reads version {BLOCK_FORMAT})")]
+    UnsupportedVersion(u8),
+    #[error("block holds {0} windows, over the limit of {max}", max = chunk::MAX_SAMPLES)]
+    TooManyWindows(u64),
+    #[error("block column {column}: {source}")]
+    Column {
+        column: &'static str,
+        source: ChunkError,
+    },
+    #[error("block is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("aggregator state: {0}")]
+    State(String),
+}
+
+/// Whether a series of this type keeps a reset-adjusted increase. Counters do, and so do
+/// the `_bucket`, `_sum` and `_count` series of a histogram; of a summary only `_sum` and
+/// `_count` do (its quantiles are gauges).
+pub fn is_counter(kind: MetricType, metric_name: &str) -> bool {
+    match kind {
+        MetricType::Counter | MetricType::Histogram => true,
+        MetricType::Summary => metric_name.ends_with("_sum") || metric_name.ends_with("_count"),
+        MetricType::Gauge | MetricType::Info | MetricType::Unknown => false,
+    }
+}
+
+/// Aggregates one window's samples (ascending, StaleNaN already removed). `carry` is the
+/// last value before the window. `None` if there are no samples.
+fn window(
+    start_ms: i64,
+    samples: &[(i64, f64)],
+    carry: Option<f64>,
+    counter: bool,
+) -> Option<Aggregate> {
+    let (&(_, first), _) = samples.split_first()?;
+    let reference = carry.unwrap_or(first);
+    let mut agg = Aggregate {
+        start_ms,
+        min: first,
+        max: first,
+        sum: 0.0,
+        count: 0,
+        increase: None,
+        last: first,
+    };
+    let mut previous = reference;
+    let mut lost_at_resets = 0.0;
+    for &(_, v) in samples {
+        agg.min = agg.min.min(v);
+        agg.max = agg.max.max(v);
+        agg.sum += v;
+        agg.count += 1;
+        if v < previous {
+            lost_at_resets += previous;
+        }
+        previous = v;
+        agg.last = v;
+    }
+    if counter {
+        agg.increase = Some((agg.last - reference) + lost_at_resets);
+    }
+    Some(agg)
+}
+
+/// Aggregates a whole series (samples ascending by timestamp; they are sorted first if not)
+/// into windows of `step_ms`, the first window's increase counted from its first sample.
+pub fn aggregate(
+    samples: &[(i64, f64)],
+    counter: bool,
+    step_ms: i64,
+) -> Result<Vec<Aggregate>, AggregateError> {
+    if step_ms <= 0 {
+        return Err(AggregateError::BadStep(step_ms));
+    }
+    let mut live: Vec<(i64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|&(_, v)| !is_stale_nan(v))
+        .collect();
+    if !live.is_sorted_by_key(|s| s.0) {
+        live.sort_by_key(|s| s.0);
+    }
+    let mut out = Vec::new();
+    let mut carry = None;
+    for run in live.chunk_by(|a, b| align_down(a.0, step_ms) == align_down(b.0, step_ms)) {
+        if let Some(agg) = window(align_down(run[0].0, step_ms), run, carry, counter) {
+            carry = Some(agg.last);
+            out.push(agg);
+        }
+    }
+    Ok(out)
+}
+
+/// Aggregates windows (ascending by start) into windows of a coarser `step_ms`. Exact as
+/// described in the module documentation.
+pub fn coarsen(windows: &[Aggregate], step_ms: i64) -> Result<Vec<Aggregate>, AggregateError> {
+    if step_ms <= 0 {
+        return Err(AggregateError::BadStep(step_ms));
+    }
+    let mut out: Vec<Aggregate> = Vec::new();
+    for w in windows {
+        let start = align_down(w.start_ms, step_ms);
+        match out.last_mut() {
+            Some(open) if open.start_ms == start => open.absorb(w),
+            _ => out.push(Aggregate {
+                start_ms: start,
+                ..*w
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes windows (ascending by start, at most [`chunk::MAX_SAMPLES`]) as one block.
+pub fn encode_block(windows: &[Aggregate]) -> Result<Vec<u8>, AggregateError> {
+    if windows.len() > chunk::MAX_SAMPLES {
+        return Err(AggregateError::TooManyWindows(windows.len() as u64));
+    }
+    let has_increase = windows.iter().any(|w| w.increase.is_some());
+    let mut out = vec![BLOCK_FORMAT, if has_increase { FLAG_INCREASE } else { 0 }];
+    put_varint(&mut out, windows.len() as u64);
+    let fields: [fn(&Aggregate) -> Option<f64>; 6] = [
+        |w| Some(w.min),
+        |w| Some(w.max),
+        |w| Some(w.sum),
+        |w| Some(w.count as f64),
+        |w| Some(w.last),
+        |w| w.increase,
+    ];
+    let columns = if has_increase { 6 } else { 5 };
+    let mut column = Vec::with_capacity(windows.len());
+    for (i, field) in fields.iter().take(columns).enumerate() {
+        column.clear();
+        // A sparse increase column (a series whose type changed inside the block) simply
+        // lists the windows that have one; its timestamps say which.
+        column.extend(
+            windows
+                .iter()
+                .filter_map(|w| field(w).map(|v| (w.start_ms, v))),
+        );
+        let bytes = chunk::encode(&column).map_err(|source| AggregateError::Column {
+            column: COLUMN_NAMES[i],
+            source,
+        })?;
+        put_varint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+/// Decodes a block. Total: any bytes give windows or an error, never a panic, and what it
+/// allocates is bounded by [`chunk::MAX_SAMPLES`] windows.
+pub fn decode_block(bytes: &[u8]) -> Result<Vec<Aggregate>, AggregateError> {
+    let (&version, rest) = bytes.split_first().ok_or(AggregateError::Truncated)?;
+    if version != BLOCK_FORMAT {
+        return Err(AggregateError::UnsupportedVersion(version));
+    }
+    let (&flags, _) = rest.split_first().ok_or(AggregateError::Truncated)?;
+    if flags & !FLAG_INCREASE != 0 {
+        return Err(AggregateError::Malformed("unknown flags"));
+    }
+    let mut pos = 2;
+    let n = get_varint(bytes, &mut pos).ok_or(AggregateError::Truncated)?;
+    if n > chunk::MAX_SAMPLES as u64 {
+        return Err(AggregateError::TooManyWindows(n));
+    }
+    let n = n as usize;
+    let columns = if flags & FLAG_INCREASE != 0 { 6 } else { 5 };
+    let mut decoded: Vec<Vec<(i64, f64)>> = Vec::with_capacity(columns);
+    for name in COLUMN_NAMES.iter().take(columns) {
+        let len = get_varint(bytes, &mut pos).ok_or(AggregateError::Truncated)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| pos.checked_add(len))
+            .filter(|&end| end <= bytes.len())
+            .ok_or(AggregateError::Truncated)?;
+        let column = chunk::decode(&bytes[pos..end]).map_err(|source| AggregateError::Column {
+            column: name,
+            source,
+        })?;
+        pos = end;
+        decoded.push(column);
+    }
+    if pos != bytes.len() {
+        return Err(AggregateError::Malformed("bytes after the last column"));
+    }
+    let [min, max, sum, count, last] = [0, 1, 2, 3, 4].map(|i| &decoded[i]);
+    if [min, max, sum, count, last].iter().any(|c| c.len() != n) {
+        return Err(AggregateError::Malformed("columns differ in length"));
+    }
+    let mut increases = decoded.get(5).map(|c| c.iter().peekable());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start_ms = min[i].0;
+        if [max[i].0, sum[i].0, count[i].0, last[i].0] != [start_ms; 4] {
+            return Err(AggregateError::Malformed(
+                "columns disagree on window starts",
+            ));
+        }
+        if out
+            .last()
+            .is_some_and(|p: &Aggregate| p.start_ms >= start_ms)
+        {
+            return Err(AggregateError::Malformed("window starts do not ascend"));
+        }
+        let c = count[i].1;
+        if !((1.0..=MAX_COUNT).contains(&c) && c.fract() == 0.0) {
+            return Err(AggregateError::Malformed(
+                "window count is not a positive integer",
+            ));
+        }
+        let increase = match increases.as_mut() {
+            Some(it) => it.next_if(|(t, _)| *t == start_ms).map(|&(_, v)| v),
+            None => None,
+        };
+        out.push(Aggregate {
+            start_ms,
+            min: min[i].1,
+            max: max[i].1,
+            sum: sum[i].1,
+            count: c as u64,
+            increase,
+            last: last[i].1,
+        });
+    }
+    if increases.is_some_and(|mut it| it.next().is_some()) {
+        return Err(AggregateError::Malformed(
+            "increase for a window the block does not hold",
+        ));
+    }
+    Ok(out)
+}
+
+/// Settings of an [`Aggregator`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregatorConfig {
+    /// The head's out-of-order window: how far behind a series' newest timestamp a sample
+    /// is still accepted.
+    pub ooo_window_ms: i64,
+    /// Most windows per block (see the module documentation).
+    pub max_block_windows: usize,
+}
+
+impl AggregatorConfig {
+    pub fn new(ooo_window_ms: i64) -> Self {
+        AggregatorConfig {
+            ooo_window_ms,
+            max_block_windows: DEFAULT_BLOCK_WINDOWS,
+        }
+    }
+}
+
+/// Sealed windows of one series and one tier, ready for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedBlock {
+    pub tier: u8,
+    pub series_id: u64,
+    /// Ascending by start, all inside one block span (and so one partition).
+    pub windows: Vec<Aggregate>,
+}
+
+/// What became of the samples of one [`Aggregator::push`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Buffered into open windows.
+    pub accepted: usize,
+    /// StaleNaN markers: they advance the series' clock but join no window.
+    pub stale: usize,
+    /// Older than a window already sealed for the series: left out of the aggregates.
+    pub late: usize,
+    /// A sample at a timestamp already buffered: the first one is kept.
+    pub duplicate: usize,
+}
+
+/// Counters of an [`Aggregator`], for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatorStats {
+    pub late: u64,
+    pub duplicate: u64,
+    /// Times a series' oldest windows were sealed early because it held
+    /// [`MAX_OPEN_SAMPLES`] samples.
+    pub forced: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Level {
+    tier: u8,
+    step_ms: i64,
+    block_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LevelState {
+    /// The coarse window being filled from sealed finer windows (unused for the finest).
+    open: Option<Aggregate>,
+    /// Sealed windows whose block is not complete yet.
+    block: Vec<Aggregate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesState {
+    counter: bool,
+    /// Newest timestamp pushed (StaleNaN included).
+    newest: i64,
+    /// Every finest window ending at or before this is sealed.
+    sealed_until: i64,
+    /// Samples of open finest windows: ascending, unique timestamps, no StaleNaN.
+    raw: Vec<(i64, f64)>,
+    /// Last value sealed, the reference for the next window's increase.
+    carry: Option<f64>,
+    levels: Vec<LevelState>,
+}
+
+/// Seals aggregate windows for every aggregate tier, per series, once the out-of-order
+/// window has closed (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    levels: Vec<Level>,
+    ooo_ms: i64,
+    series: BTreeMap<u64, SeriesState>,
+    out: Vec<SealedBlock>,
+    stats: AggregatorStats,
+}
+
+/// What a checkpoint holds of an aggregator.
+#[derive(Serialize, Deserialize)]
+struct State {
+    levels: Vec<Level>,
+    ooo_ms: i64,
+    series: BTreeMap<u64, SeriesState>,
+    out: Vec<(u8, u64, Vec<Aggregate>)>,
+    stats: AggregatorStats,
+}
+
+impl Aggregator {
+    /// An aggregator for every aggregate tier of `tiers` (none if only raw is configured).
+    pub fn new(tiers: &Tiers, config: AggregatorConfig) -> Result<Aggregator, AggregateError> {
+        if config.ooo_window_ms < 0 {
+            return Err(AggregateError::BadOooWindow(config.ooo_window_ms));
+        }
+        let levels = tiers
+            .iter()
+            .filter_map(|(tier, t)| {
+                let step_ms = t.step_ms()?;
+                let per_partition = usize::try_from(t.partition_ms() / step_ms).unwrap_or(1);
+                let k = (1..=config.max_block_windows.max(1))
+                    .rev()
+                    .find(|k| per_partition % k == 0)
+                    .unwrap_or(1);
+                Some(Level {
+                    tier,
+                    step_ms,
+                    block_ms: step_ms * k as i64,
+                })
+            })
+            .collect();
+        Ok(Aggregator {
+            levels,
+            ooo_ms: config.ooo_window_ms,
+            series: BTreeMap::new(),
+            out: Vec::new(),
+            stats: AggregatorStats::default(),
+        })
+    }
+
+    /// Feeds samples the head accepted for one series (any order; usually ascending), and
+    /// seals the windows the series' own clock has closed.
+    pub fn push(&mut self, series_id: u64, counter: bool, samples: &[(i64, f64)]) -> PushOutcome {
+        let mut outcome = PushOutcome::default();
+        if self.levels.is_empty() {
+            return outcome;
+        }
+        let levels = self.levels.len();
+        let st = self.series.entry(series_id).or_insert_with(|| SeriesState {
+            counter,
+            newest: i64::MIN,
+            sealed_until: i64::MIN,
+            raw: Vec::new(),
+            carry: None,
+            levels: vec![LevelState::default(); levels],
+        });
+        st.counter = counter;
+        for &(t, v) in samples {
+            st.newest = st.newest.max(t);
+            if t < st.sealed_until {
+                outcome.late += 1;
+            } else if is_stale_nan(v) {
+                outcome.stale += 1;
+            } else if st.raw.last().is_none_or(|last| last.0 < t) {
+                st.raw.push((t, v));
+                outcome.accepted += 1;
+            } else {
+                match st.raw.binary_search_by_key(&t, |s| s.0) {
+                    Ok(_) => outcome.duplicate += 1,
+                    Err(i) => {
+                        st.raw.insert(i, (t, v));
+                        outcome.accepted += 1;
+                    }
+                }
+            }
+        }
+        self.stats.late += outcome.late as u64;
+        self.stats.duplicate += outcome.duplicate as u64;
+        let mut frontier = st.newest.saturating_sub(self.ooo_ms);
+        if st.raw.len() > MAX_OPEN_SAMPLES {
+            // Seal through the end of the window holding the oldest sample to keep, so at
+            // most MAX_OPEN_SAMPLES stay whatever the sample rate.
+            let step = self.levels[0].step_ms;
+            let keep_from = st.raw[st.raw.len() - MAX_OPEN_SAMPLES].0;
+            let forced = align_down(keep_from, step).saturating_add(step);
+            if forced > frontier {
+                frontier = forced;
+                self.stats.forced += 1;
+            }
+        }
+        seal(&self.levels, series_id, st, frontier, &mut self.out);
+        outcome
+    }
+
+    /// Seals, for every series, the windows ending at or before `watermark_ms` (as well as
+    /// those each series' own clock has closed). For series that went quiet; see the module
+    /// documentation for what it costs a series that later resumes inside such a window.
+    pub fn advance_watermark(&mut self, watermark_ms: i64) {
+        for (&id, st) in &mut self.series {
+            let frontier = st.newest.saturating_sub(self.ooo_ms).max(watermark_ms);
+            seal(&self.levels, id, st, frontier, &mut self.out);
+        }
+    }
+
+    /// Blocks sealed since the last call, in the order they were sealed.
+    pub fn take_blocks(&mut self) -> Vec<SealedBlock> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn stats(&self) -> AggregatorStats {
+        self.stats
+    }
+
+    /// Series the aggregator holds state for.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Samples buffered in open windows, over all series.
+    pub fn open_samples(&self) -> usize {
+        self.series.values().map(|s| s.raw.len()).sum()
+    }
+
+    /// Serializes the whole state (open windows, pending blocks, unsent output, counters)
+    /// for a checkpoint.
+    pub fn encode_state(&self) -> Vec<u8> {
+        let state = StateRef {
+            levels: &self.levels,
+            ooo_ms: self.ooo_ms,
+            series: &self.series,
+            out: self
+                .out
+                .iter()
+                .map(|b| (b.tier, b.series_id, &b.windows))
+                .collect(),
+            stats: self.stats,
+        };
+        let bytes = vec![STATE_FORMAT];
+        // Serializing plain data into a Vec cannot fail; an error would mean a bug in serde
+        // derive, and an empty state is then the safe answer (the log replays the rest).
+        match postcard::to_extend(&state, bytes) {
+            Ok(b) => b,
+            Err(_) => vec![STATE_FORMAT],
+        }
+    }
+
+    /// Restores a state written by [`Aggregator::encode_state`]. Refused if it was written
+    /// for other tiers or another out-of-order window than `tiers` and `config` give now.
+    pub fn decode_state(
+        bytes: &[u8],
+        tiers: &Tiers,
+        config: AggregatorConfig,
+    ) -> Result<Aggregator, AggregateError> {
+        let fresh = Aggregator::new(tiers, config)?;
+        let (&version, body) = bytes
+            .split_first()
+            .ok_or_else(|| AggregateError::State("empty".into()))?;
+        if version != STATE_FORMAT {
+            return Err(AggregateError::State(format!(
+                "format version {version}, this build reads {STATE_FORMAT}"
+            )));
+        }
+        let state: State =
+            postcard::from_bytes(body).map_err(|e| AggregateError::State(e.to_string()))?;
+        if state.levels != fresh.levels || state.ooo_ms != fresh.ooo_ms {
+            return Err(AggregateError::State(
+                "written for another tier configuration or out-of-order window".into(),
+            ));
+        }
+        let n = fresh.levels.len();
+        for st in state.series.values() {
+            if st.levels.len() != n || !st.raw.is_sorted_by(|a, b| a.0 < b.0) {
+                return Err(AggregateError::State("series state is inconsistent".into()));
+            }
+        }
+        Ok(Aggregator {
+            series: state.series,
+            out: state
+                .out
+                .into_iter()
+                .map(|(tier, series_id, windows)| SealedBlock {
+                    tier,
+                    series_id,
+                    windows,
+                })
+                .collect(),
+            stats: state.stats,
+            ..fresh
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct StateRef<'a> {
+    levels: &'a Vec<Level>,
+    ooo_ms: i64,
+    series: &'a BTreeMap<u64, SeriesState>,
+    out: Vec<(u8, u64, &'a Vec<Aggregate>)>,
+    stats: AggregatorStats,
+}
+
+/// Seals everything of one series that ends at or before `frontier`.
+fn seal(
+    levels: &[Level],
+    series_id: u64,
+    st: &mut SeriesState,
+    frontier: i64,
+    out: &mut Vec<SealedBlock>,
+) {
+    let Some(finest) = levels.first() else {
+        return;
+    };
+    let sealed = align_down(frontier, finest.step_ms);
+    if sealed > st.sealed_until {
+        let split = st.raw.partition_point(|s| s.0 < sealed);
+        let closed: Vec<(i64, f64)> = st.raw.drain(..split).collect();
+        for run in closed
+            .chunk_by(|a, b| align_down(a.0, finest.step_ms) == align_down(b.0, finest.step_ms))
+        {
+            let start = align_down(run[0].0, finest.step_ms);
+            if let Some(agg) = window(start, run, st.carry, st.counter) {
+                st.carry = Some(agg.last);
+                emit(levels, series_id, st, 0, agg, out);
+            }
+        }
+        st.sealed_until = sealed;
+    }
+    for i in 0..levels.len() {
+        let level = &levels[i];
+        if i > 0
+            && let Some(open) = st.levels[i].open
+            && open.start_ms.saturating_add(level.step_ms) <= frontier
+        {
+            st.levels[i].open = None;
+            emit(levels, series_id, st, i, open, out);
+        }
+        let block = &mut st.levels[i].block;
+        if let Some(first) = block.first()
+            && align_down(first.start_ms, level.block_ms).saturating_add(level.block_ms) <= frontier
+        {
+            out.push(SealedBlock {
+                tier: level.tier,
+                series_id,
+                windows: std::mem::take(block),
+            });
+        }
+    }
+}
+
+/// Hands a sealed window of level `i` to its block and to the next coarser level.
+fn emit(
+    levels: &[Level],
+    series_id: u64,
+    st: &mut SeriesState,
+    i: usize,
+    agg: Aggregate,
+    out: &mut Vec<SealedBlock>,
+) {
+    let level = &levels[i];
+    let block = &mut st.levels[i].block;
+    if let Some(first) = block.first()
+        && align_down(first.start_ms, level.block_ms) != align_down(agg.start_ms, level.block_ms)
+    {
+        out.push(SealedBlock {
+            tier: level.tier,
+            series_id,
+            windows: std::mem::take(block),
+        });
+    }
+    block.push(agg);
+    let Some(coarser) = levels.get(i + 1) else {
+        return;
+    };
+    let start = align_down(agg.start_ms, coarser.step_ms);
+    match st.levels[i + 1].open.as_mut() {
+        Some(open) if open.start_ms == start => open.absorb(&agg),
+        _ => {
+            let finished = st.levels[i + 1].open.replace(Aggregate {
+                start_ms: start,
+                ..agg
+            });
+            if let Some(finished) = finished {
+                emit(levels, series_id, st, i + 1, finished, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate/tests.rs"]
+mod tests;

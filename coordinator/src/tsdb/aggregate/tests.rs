@@ -1,0 +1,477 @@
+use super::*;
+use crate::tsdb::tier::TierConfig;
+use argus_common::model::stale_nan;
+use proptest::prelude::*;
+use std::time::Duration;
+
+const MIN: i64 = 60_000;
+const STEP_5M: i64 = 5 * MIN;
+const STEP_1H: i64 = 60 * MIN;
+
+/// The obvious per-sample computation the real one must match: per-pair deltas, a
+/// decrease counting the new value from 0, each delta booked to the window of its sample.
+fn naive(samples: &[(i64, f64)], counter: bool, step: i64) -> Vec<Aggregate> {
+    let mut out: Vec<Aggregate> = Vec::new();
+    let mut previous: Option<f64> = None;
+    for &(t, v) in samples {
+        if is_stale_nan(v) {
+            continue;
+        }
+        let start = t.div_euclid(step) * step;
+        let delta = match previous {
+            None => 0.0,
+            Some(p) if v >= p => v - p,
+            Some(_) => v,
+        };
+        previous = Some(v);
+        if out.last().map(|w| w.start_ms) != Some(start) {
+            out.push(Aggregate {
+                start_ms: start,
+                min: v,
+                max: v,
+                sum: 0.0,
+                count: 0,
+                increase: counter.then_some(0.0),
+                last: v,
+            });
+        }
+        let w = out.last_mut().unwrap();
+        if v < w.min {
+            w.min = v;
+        }
+        if v > w.max {
+            w.max = v;
+        }
+        w.sum += v;
+        w.count += 1;
+        w.last = v;
+        if let Some(inc) = w.increase.as_mut() {
+            *inc += delta;
+        }
+    }
+    out
+}
+
+fn assert_bit_eq(a: &[Aggregate], b: &[Aggregate]) {
+    assert_eq!(a.len(), b.len(), "\n{a:?}\n{b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!(x.bit_eq(y), "\n{x:?}\n{y:?}");
+    }
+}
+
+/// Strictly ascending timestamps with gaps of 1 s to 20 min, integer values (some
+/// counters with resets, some wandering) and now and then a StaleNaN.
+fn series() -> impl Strategy<Value = Vec<(i64, f64)>> {
+    prop::collection::vec((1_000i64..1_200_000, -50i64..200, 0u8..20), 1..400).prop_map(|steps| {
+        let mut t = 1_700_000_000_000i64;
+        let mut v = 0i64;
+        steps
+            .into_iter()
+            .map(|(gap, dv, kind)| {
+                t += gap;
+                match kind {
+                    0 => (t, stale_nan()),
+                    // A reset: the counter starts again from a small value.
+                    1 => {
+                        v = dv.abs() % 7;
+                        (t, v as f64)
+                    }
+                    _ => {
+                        v += dv.abs();
+                        (t, v as f64)
+                    }
+                }
+            })
+            .collect()
+    })
+}
+
+fn tiers_5m_1h() -> Tiers {
+    Tiers::new(vec![
+        TierConfig::raw(Duration::from_secs(3_600), Duration::from_secs(900)),
+        TierConfig::aggregate(
+            "5m",
+            Duration::from_secs(300),
+            Duration::from_secs(86_400),
+            Duration::from_secs(7_200),
+        ),
+        TierConfig::aggregate(
+            "1h",
+            Duration::from_secs(3_600),
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(86_400),
+        ),
+    ])
+    .unwrap()
+}
+
+/// Concatenates the windows of all blocks of `tier`, checking each block stays inside
+/// one block span.
+fn windows_of(blocks: &[SealedBlock], tier: u8, series: u64) -> Vec<Aggregate> {
+    let mut out = Vec::new();
+    for b in blocks
+        .iter()
+        .filter(|b| b.tier == tier && b.series_id == series)
+    {
+        assert!(!b.windows.is_empty());
+        out.extend_from_slice(&b.windows);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn aggregates_match_the_naive_reference(s in series(), counter: bool) {
+        for step in [STEP_5M, STEP_1H] {
+            assert_bit_eq(&aggregate(&s, counter, step).unwrap(), &naive(&s, counter, step));
+        }
+    }
+
+    #[test]
+    fn window_increases_sum_to_the_total_increase(s in series()) {
+        let windows = aggregate(&s, true, STEP_5M).unwrap();
+        let by_windows: f64 = windows.iter().map(|w| w.increase.unwrap()).sum();
+        // The series' whole increase, pair by pair.
+        let live: Vec<f64> = s.iter().map(|x| x.1).filter(|v| !is_stale_nan(*v)).collect();
+        let total: f64 = live.windows(2).map(|p| if p[1] >= p[0] { p[1] - p[0] } else { p[1] }).sum();
+        prop_assert_eq!(by_windows, total);
+    }
+
+    #[test]
+    fn five_minute_windows_compose_exactly_into_hours(s in series(), counter: bool) {
+        let direct = aggregate(&s, counter, STEP_1H).unwrap();
+        let composed = coarsen(&aggregate(&s, counter, STEP_5M).unwrap(), STEP_1H).unwrap();
+        assert_bit_eq(&composed, &direct);
+    }
+
+    #[test]
+    fn decimal_values_agree_with_the_reference_to_rounding(
+        steps in prop::collection::vec((1_000i64..600_000, 0i64..100_000), 1..300),
+    ) {
+        // Fractional counters (two decimals, as parsed from text): min, max, count, last
+        // and sum (same order of additions) are exact; the increase agrees to rounding.
+        let mut t = 0i64;
+        let mut v = 0i64;
+        let s: Vec<(i64, f64)> = steps
+            .into_iter()
+            .map(|(gap, dv)| {
+                t += gap;
+                v += dv;
+                (t, v as f64 / 100.0)
+            })
+            .collect();
+        let got = aggregate(&s, true, STEP_5M).unwrap();
+        let want = naive(&s, true, STEP_5M);
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert_eq!(
+                (g.start_ms, g.min, g.max, g.sum, g.count, g.last),
+                (w.start_ms, w.min, w.max, w.sum, w.count, w.last)
+            );
+            let (gi, wi) = (g.increase.unwrap(), w.increase.unwrap());
+            prop_assert!((gi - wi).abs() <= 1e-9 * g.max.abs().max(1.0), "{} vs {}", gi, wi);
+        }
+    }
+
+    /// Fed in batches, each pushed newest half first (out of order within the window), the
+    /// aggregator seals exactly what aggregating the whole series at once gives, for both
+    /// tiers, and nothing is late.
+    #[test]
+    fn aggregator_matches_one_shot_aggregation(s in series(), counter: bool, batch in 1usize..40) {
+        let tiers = tiers_5m_1h();
+        let ooo = 10 * MIN;
+        let mut agg = Aggregator::new(&tiers, AggregatorConfig::new(ooo)).unwrap();
+        let mut blocks = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            // A batch spans at most the out-of-order window, so its older half is still
+            // accepted after its newer half.
+            let t0 = s[i].0;
+            let mut j = i + 1;
+            while j < s.len() && j - i < batch && s[j].0 - t0 <= ooo {
+                j += 1;
+            }
+            let mid = i + (j - i) / 2;
+            let a = agg.push(7, counter, &s[mid..j]);
+            let b = agg.push(7, counter, &s[i..mid]);
+            prop_assert_eq!(a.late + b.late, 0);
+            prop_assert_eq!(a.duplicate + b.duplicate, 0);
+            blocks.extend(agg.take_blocks());
+            i = j;
+        }
+        agg.advance_watermark(i64::MAX);
+        blocks.extend(agg.take_blocks());
+        prop_assert_eq!(agg.open_samples(), 0);
+        assert_bit_eq(&windows_of(&blocks, 1, 7), &aggregate(&s, counter, STEP_5M).unwrap());
+        assert_bit_eq(&windows_of(&blocks, 2, 7), &aggregate(&s, counter, STEP_1H).unwrap());
+        for b in &blocks {
+            let span = if b.tier == 1 { 24 * STEP_5M } else { 24 * STEP_1H };
+            let first = align_down(b.windows[0].start_ms, span);
+            prop_assert!(b.windows.iter().all(|w| align_down(w.start_ms, span) == first));
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_bit_for_bit(
+        windows in prop::collection::vec(
+            (1i64..10_000_000, any::<u64>(), any::<u64>(), any::<f64>(), 1u64..1_000_000, prop::option::of(any::<f64>()), any::<f64>()),
+            0..200,
+        ),
+    ) {
+        let mut start = -5_000_000i64;
+        let windows: Vec<Aggregate> = windows
+            .into_iter()
+            .map(|(gap, min_bits, max_bits, sum, count, increase, last)| {
+                start += gap;
+                Aggregate {
+                    start_ms: start,
+                    min: f64::from_bits(min_bits),
+                    max: f64::from_bits(max_bits),
+                    sum,
+                    count,
+                    increase,
+                    last,
+                }
+            })
+            .collect();
+        let bytes = encode_block(&windows).unwrap();
+        assert_bit_eq(&decode_block(&bytes).unwrap(), &windows);
+    }
+
+    #[test]
+    fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_block(&bytes);
+        let mut framed = vec![BLOCK_FORMAT, FLAG_INCREASE];
+        framed.extend_from_slice(&bytes);
+        let _ = decode_block(&framed);
+    }
+
+    #[test]
+    fn damaged_blocks_are_refused_or_decoded_never_panic(s in series(), at: prop::sample::Index, xor in 1u8..=255) {
+        let windows = aggregate(&s, true, STEP_5M).unwrap();
+        let mut bytes = encode_block(&windows).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        if let Ok(decoded) = decode_block(&bytes) {
+            prop_assert!(decoded.len() <= chunk::MAX_SAMPLES);
+            prop_assert!(decoded.iter().all(|w| w.count >= 1));
+        }
+        bytes.truncate(i);
+        prop_assert!(decode_block(&bytes).is_err());
+    }
+}
+
+#[test]
+fn counter_resets_count_the_new_value_from_zero() {
+    // 10, 20, 30 | reset to 5, 15 | 2 (reset), 4.
+    let s = [
+        (0, 10.0),
+        (60_000, 20.0),
+        (120_000, 30.0),
+        (300_000, 5.0),
+        (360_000, 15.0),
+        (600_000, 2.0),
+        (660_000, 4.0),
+    ];
+    let w = aggregate(&s, true, STEP_5M).unwrap();
+    let inc: Vec<f64> = w.iter().map(|w| w.increase.unwrap()).collect();
+    // First window from its own first sample: 20. Second: 30 → 5 is a reset (+5), +10.
+    // Third: 15 → 2 a reset (+2), +2.
+    assert_eq!(inc, vec![20.0, 15.0, 4.0]);
+    assert_eq!(inc.iter().sum::<f64>(), 39.0);
+    // Gauges keep no increase.
+    assert!(
+        aggregate(&s, false, STEP_5M)
+            .unwrap()
+            .iter()
+            .all(|w| w.increase.is_none())
+    );
+}
+
+#[test]
+fn stale_markers_are_left_out_of_every_field() {
+    let s = [
+        (0, 3.0),
+        (60_000, stale_nan()),
+        (120_000, 1.0),
+        (360_000, stale_nan()),
+    ];
+    let w = aggregate(&s, true, STEP_5M).unwrap();
+    // The second window holds only a marker: no window at all.
+    assert_eq!(w.len(), 1);
+    let w = w[0];
+    assert_eq!(
+        (w.min, w.max, w.sum, w.count, w.last),
+        (1.0, 3.0, 4.0, 2, 1.0)
+    );
+    // 3 → 1 is a reset: the increase is 1.
+    assert_eq!(w.increase, Some(1.0));
+    assert_eq!(w.avg(), 2.0);
+}
+
+#[test]
+fn ordinary_nan_is_a_value_as_in_prometheus() {
+    let s = [(0, 1.0), (1, f64::NAN), (2, 3.0)];
+    let w = aggregate(&s, false, STEP_5M).unwrap()[0];
+    assert_eq!((w.min, w.max, w.count), (1.0, 3.0, 3));
+    assert!(w.sum.is_nan());
+}
+
+#[test]
+fn windows_sit_on_the_epoch_grid() {
+    let w = aggregate(&[(-1, 1.0), (299_999, 2.0), (300_000, 3.0)], false, STEP_5M).unwrap();
+    let starts: Vec<i64> = w.iter().map(|w| w.start_ms).collect();
+    assert_eq!(starts, vec![-300_000, 0, 300_000]);
+    assert_eq!(aggregate(&[], false, 0), Err(AggregateError::BadStep(0)));
+}
+
+#[test]
+fn is_counter_follows_the_metric_type() {
+    assert!(is_counter(MetricType::Counter, "node_cpu_seconds_total"));
+    assert!(is_counter(
+        MetricType::Histogram,
+        "http_request_duration_seconds_bucket"
+    ));
+    assert!(is_counter(
+        MetricType::Summary,
+        "rpc_duration_seconds_count"
+    ));
+    assert!(!is_counter(MetricType::Summary, "rpc_duration_seconds"));
+    assert!(!is_counter(MetricType::Gauge, "node_load1"));
+}
+
+fn five_minute_only(partition: Duration) -> Tiers {
+    Tiers::new(vec![
+        TierConfig::raw(Duration::from_secs(3_600), Duration::from_secs(900)),
+        TierConfig::aggregate(
+            "5m",
+            Duration::from_secs(300),
+            Duration::from_secs(86_400),
+            partition,
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn a_window_is_sealed_only_after_the_out_of_order_window_has_closed() {
+    // Partitions of one window make every block a single window, so each seal shows.
+    let tiers = five_minute_only(Duration::from_secs(300));
+    let ooo = 10 * MIN;
+    let mut agg = Aggregator::new(&tiers, AggregatorConfig::new(ooo)).unwrap();
+    let minutes = |from: i64, to: i64| -> Vec<(i64, f64)> {
+        (from..to).map(|m| (m * MIN, m as f64)).collect()
+    };
+
+    // Window [0, 5m) is complete at 4m, but samples up to 14m keep it open: the head
+    // would still accept a sample at newest - 10m >= 4m.
+    agg.push(1, false, &minutes(0, 15));
+    assert!(agg.take_blocks().is_empty());
+    // At 15m, newest - ooo = 5m = the window's end: sealed.
+    agg.push(1, false, &minutes(15, 16));
+    let blocks = agg.take_blocks();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].windows[0].start_ms, 0);
+    assert_eq!(blocks[0].windows[0].count, 5);
+
+    // Out of order but inside the window (15m - 10m = 5m <= 5.5m): joins window [5m, 10m).
+    let o = agg.push(1, false, &[(5 * MIN + 30_000, 100.0)]);
+    assert_eq!((o.accepted, o.late), (1, 0));
+    // Too old: its window is sealed. Left out of the aggregates and counted.
+    let o = agg.push(1, false, &[(4 * MIN + 30_000, -1.0)]);
+    assert_eq!((o.accepted, o.late), (0, 1));
+    // A timestamp already buffered keeps its first value.
+    let o = agg.push(1, false, &[(12 * MIN, -1.0)]);
+    assert_eq!(o.duplicate, 1);
+    assert_eq!(
+        agg.stats(),
+        AggregatorStats {
+            late: 1,
+            duplicate: 1,
+            forced: 0
+        }
+    );
+
+    agg.push(1, false, &minutes(16, 20));
+    assert!(agg.take_blocks().is_empty(), "19m - 10m = 9m < 10m");
+    agg.push(1, false, &minutes(20, 21));
+    let w = agg.take_blocks()[0].windows[0];
+    assert_eq!(
+        (w.start_ms, w.count, w.max, w.sum),
+        (5 * MIN, 6, 100.0, 135.0)
+    );
+
+    // A series that stops never closes its own window; the global watermark does.
+    agg.push(2, false, &minutes(0, 3));
+    assert!(agg.take_blocks().is_empty());
+    agg.advance_watermark(4 * MIN);
+    assert!(agg.take_blocks().is_empty(), "the window ends at 5m");
+    agg.advance_watermark(5 * MIN);
+    let blocks = agg.take_blocks();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!((blocks[0].series_id, blocks[0].windows[0].count), (2, 3));
+}
+
+#[test]
+fn a_series_far_ahead_of_its_window_is_bounded() {
+    // An absurd out-of-order window with 1 ms samples: the buffer would grow without end.
+    let tiers = five_minute_only(Duration::from_secs(300));
+    let mut agg = Aggregator::new(&tiers, AggregatorConfig::new(24 * STEP_1H)).unwrap();
+    let samples: Vec<(i64, f64)> = (0..100_000).map(|t| (t, 1.0)).collect();
+    for batch in samples.chunks(10_000) {
+        agg.push(1, false, batch);
+        assert!(agg.open_samples() <= MAX_OPEN_SAMPLES + 10_000);
+    }
+    assert!(agg.stats().forced > 0);
+    assert!(agg.open_samples() <= MAX_OPEN_SAMPLES);
+}
+
+#[test]
+fn a_restored_checkpoint_continues_exactly() {
+    let tiers = tiers_5m_1h();
+    let config = AggregatorConfig::new(10 * MIN);
+    let samples: Vec<(i64, f64)> = (0..2_000).map(|i| (i * 37_000, (i * 3) as f64)).collect();
+    let (first, second) = samples.split_at(1_234);
+
+    let mut straight = Aggregator::new(&tiers, config).unwrap();
+    straight.push(3, true, first);
+    let state = straight.encode_state();
+    straight.push(3, true, second);
+    straight.advance_watermark(i64::MAX);
+
+    let mut restored = Aggregator::decode_state(&state, &tiers, config).unwrap();
+    restored.push(3, true, second);
+    restored.advance_watermark(i64::MAX);
+    assert_eq!(restored.take_blocks(), straight.take_blocks());
+    assert_eq!(restored.stats(), straight.stats());
+
+    // Another out-of-order window, another tier set, or damaged bytes are refused.
+    assert!(Aggregator::decode_state(&state, &tiers, AggregatorConfig::new(MIN)).is_err());
+    let other = five_minute_only(Duration::from_secs(7_200));
+    assert!(Aggregator::decode_state(&state, &other, config).is_err());
+    assert!(Aggregator::decode_state(&state[..state.len() / 2], &tiers, config).is_err());
+    assert!(Aggregator::decode_state(&[], &tiers, config).is_err());
+}
+
+#[test]
+fn blocks_never_straddle_a_partition() {
+    // 35-minute partitions hold 7 windows: blocks of 7 (the largest divisor under 24).
+    let tiers = five_minute_only(Duration::from_secs(35 * 60));
+    let mut agg = Aggregator::new(&tiers, AggregatorConfig::new(0)).unwrap();
+    let samples: Vec<(i64, f64)> = (0..200).map(|m| (m * MIN, 1.0)).collect();
+    agg.push(1, false, &samples);
+    agg.advance_watermark(i64::MAX);
+    let blocks = agg.take_blocks();
+    assert!(blocks.iter().all(|b| b.windows.len() <= 7));
+    for b in &blocks {
+        let p = align_down(b.windows[0].start_ms, 35 * MIN);
+        assert!(
+            b.windows
+                .iter()
+                .all(|w| align_down(w.start_ms, 35 * MIN) == p)
+        );
+    }
+    assert_eq!(blocks.iter().map(|b| b.windows.len()).sum::<usize>(), 40);
+}
