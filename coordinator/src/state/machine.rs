@@ -8,11 +8,15 @@
 
 use super::dedup::{SeqWindow, Verdict};
 use super::entry::{Entry, PushedMetadata, PushedSeries};
+use crate::tsdb::aggregate::{Aggregator, AggregatorConfig, SealedBlock, is_counter};
+use crate::tsdb::tier::Tiers;
 use crate::tsdb::{
     Head, HeadConfig, HeadSnapshot, IndexSnapshot, Metadata, Refusal, SealedChunk, SeriesId,
     SeriesIndex, TsdbError,
 };
-use argus_common::model::{Labels, PointGroup, SeriesDef, SeriesRef, is_valid_label_name};
+use argus_common::model::{
+    Labels, MetricType, PointGroup, SeriesDef, SeriesRef, is_valid_label_name,
+};
 use argus_common::wire::RefuseReason;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,6 +107,7 @@ pub struct Checkpoint {
     pub index: Vec<u8>,
     pub head: Vec<u8>,
     pub agents: Vec<u8>,
+    pub aggregates: Vec<u8>,
 }
 
 const AGENTS_VERSION: u8 = 1;
@@ -113,12 +118,20 @@ pub enum StateError {
     Tsdb(#[from] TsdbError),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error(transparent)]
+    Aggregate(#[from] crate::tsdb::aggregate::AggregateError),
 }
+
+/// How often, in leader time, quiet series have their aggregate windows sealed. Sealing
+/// walks every series, so it is not done per entry.
+const WATERMARK_EVERY_MS: i64 = 60_000;
 
 pub struct StateMachine {
     applied: u64,
     index: SeriesIndex,
     head: Head,
+    /// Downsampling for the aggregate tiers, fed every sample the head accepts.
+    aggregator: Aggregator,
     agents: BTreeMap<String, BTreeMap<u64, Incarnation>>,
     counters: ApplyCounters,
     limits: Limits,
@@ -126,11 +139,12 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(head: HeadConfig, limits: Limits) -> Result<Self, StateError> {
+    pub fn new(head: HeadConfig, limits: Limits, tiers: &Tiers) -> Result<Self, StateError> {
         Ok(StateMachine {
             applied: 0,
             index: SeriesIndex::new(),
             head: Head::new(head)?,
+            aggregator: Aggregator::new(tiers, AggregatorConfig::new(head.ooo_window_ms))?,
             agents: BTreeMap::new(),
             counters: ApplyCounters::default(),
             limits,
@@ -164,6 +178,11 @@ impl StateMachine {
         self.head.take_sealed()
     }
 
+    /// Aggregate windows sealed for the downsampled tiers, for the replica to persist.
+    pub fn take_blocks(&mut self) -> Vec<SealedBlock> {
+        self.aggregator.take_blocks()
+    }
+
     /// What `HelloOk` tells an agent incarnation: highest settled seq and highest ref.
     pub fn agent_progress(
         &self,
@@ -186,7 +205,13 @@ impl StateMachine {
     /// Applies one entry stamped with the leader's time.
     pub fn apply(&mut self, index: u64, time_ms: i64, entry: &Entry) -> Outcome {
         self.applied = index;
+        let previous = self.last_time_ms;
         self.last_time_ms = self.last_time_ms.max(time_ms);
+        if self.last_time_ms / WATERMARK_EVERY_MS != previous / WATERMARK_EVERY_MS {
+            let ooo = self.head.config().ooo_window_ms;
+            self.aggregator
+                .advance_watermark(self.last_time_ms.saturating_sub(ooo));
+        }
         self.counters.entries += 1;
         let outcome = match entry {
             Entry::SeriesDefs {
@@ -364,6 +389,7 @@ impl StateMachine {
         // `inc` borrows the agents map and the head is a separate field: no copy of
         // the ref map per batch.
         let head = &mut self.head;
+        let (index, aggregator) = (&self.index, &mut self.aggregator);
         for g in groups {
             if g.timestamp_ms > time_ms.saturating_add(max_future) {
                 out.refuse(RefuseReason::TooFarAhead, g.points.len() as u64);
@@ -372,7 +398,10 @@ impl StateMachine {
             for &(r, v) in &g.points {
                 match inc.refs.get(&r) {
                     None => out.refuse(RefuseReason::UnknownSeries, 1),
-                    Some(&id) => append(head, id, g.timestamp_ms, v, &mut out),
+                    Some(&id) => {
+                        let counter = counter_series(index, id);
+                        append(head, aggregator, counter, id, g.timestamp_ms, v, &mut out)
+                    }
                 }
             }
         }
@@ -412,11 +441,20 @@ impl StateMachine {
                     continue;
                 }
             };
+            let counter = counter_series(&self.index, id);
             for &(t, v) in &s.samples {
                 if t > horizon {
                     out.refuse(RefuseReason::TooFarAhead, 1);
                 } else {
-                    append(&mut self.head, id, t, v, &mut out);
+                    append(
+                        &mut self.head,
+                        &mut self.aggregator,
+                        counter,
+                        id,
+                        t,
+                        v,
+                        &mut out,
+                    );
                 }
             }
         }
@@ -446,12 +484,23 @@ impl StateMachine {
             index: self.index.snapshot().to_bytes()?,
             head: self.head.checkpoint()?.to_bytes()?,
             agents: agent_bytes,
+            aggregates: self.aggregator.encode_state(),
         })
     }
 
     /// Rebuilds the state from a checkpoint.
-    pub fn restore(cp: &Checkpoint, head: HeadConfig, limits: Limits) -> Result<Self, StateError> {
+    pub fn restore(
+        cp: &Checkpoint,
+        head: HeadConfig,
+        limits: Limits,
+        tiers: &Tiers,
+    ) -> Result<Self, StateError> {
         let index = SeriesIndex::restore(IndexSnapshot::from_bytes(&cp.index)?)?;
+        let aggregator = Aggregator::decode_state(
+            &cp.aggregates,
+            tiers,
+            AggregatorConfig::new(head.ooo_window_ms),
+        )?;
         let head = Head::restore(head, HeadSnapshot::from_bytes(&cp.head)?)?;
         let (&version, body) = cp
             .agents
@@ -468,6 +517,7 @@ impl StateMachine {
             applied: cp.applied,
             index,
             head,
+            aggregator,
             agents: agents.agents,
             counters: agents.counters,
             limits,
@@ -476,11 +526,40 @@ impl StateMachine {
     }
 }
 
-/// Appends one sample. Pushes carry no seq, so the head's own duplicate check on
-/// (series, timestamp) is what makes a retried push idempotent.
-fn append(head: &mut Head, id: SeriesId, t: i64, v: f64, out: &mut Outcome) {
+/// Whether a series keeps a counter's reset-adjusted increase in its aggregates. Without
+/// metadata (a push whose metadata has not arrived yet) the naming conventions decide.
+fn counter_series(index: &SeriesIndex, id: SeriesId) -> bool {
+    let Some(series) = index.series(id) else {
+        return false;
+    };
+    let name = series.name.as_str();
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    match index.metadata(name).or_else(|| index.metadata(family)) {
+        Some(m) if m.kind != MetricType::Unknown => is_counter(m.kind, name),
+        _ => name.ends_with("_total") || name.ends_with("_bucket") || name.ends_with("_count"),
+    }
+}
+
+/// Appends one sample to the head, and what it accepted to the aggregator. Pushes carry
+/// no seq, so the head's own duplicate check on (series, timestamp) is what makes a
+/// retried push idempotent.
+fn append(
+    head: &mut Head,
+    aggregator: &mut Aggregator,
+    counter: bool,
+    id: SeriesId,
+    t: i64,
+    v: f64,
+    out: &mut Outcome,
+) {
     match head.append(id, t, v) {
-        Ok(()) => out.accepted += 1,
+        Ok(()) => {
+            out.accepted += 1;
+            aggregator.push(id, counter, &[(t, v)]);
+        }
         Err(Refusal::TooOld) => out.refuse(RefuseReason::OutOfOrder, 1),
         Err(Refusal::Duplicate | Refusal::DuplicateTimestamp) => {
             out.refuse(RefuseReason::Duplicate, 1)
@@ -497,7 +576,12 @@ mod tests {
     const T0: i64 = 1_700_000_000_000;
 
     fn sm() -> StateMachine {
-        StateMachine::new(HeadConfig::default(), Limits::default()).unwrap()
+        StateMachine::new(
+            HeadConfig::default(),
+            Limits::default(),
+            &Tiers::argus_defaults(),
+        )
+        .unwrap()
     }
 
     fn def(r: SeriesRef, device: &str) -> SeriesDef {
@@ -619,6 +703,7 @@ mod tests {
                 max_labels: 2,
                 ..Limits::default()
             },
+            &Tiers::argus_defaults(),
         )
         .unwrap();
         let series = |labels: Labels| PushedSeries {
@@ -652,6 +737,7 @@ mod tests {
                 max_incarnations_per_agent: 2,
                 ..Limits::default()
             },
+            &Tiers::argus_defaults(),
         )
         .unwrap();
         for (i, inc) in [10u64, 11, 12].iter().enumerate() {
@@ -680,7 +766,13 @@ mod tests {
             b.apply(i as u64 + 1, t, e);
         }
         let cp = b.checkpoint().unwrap();
-        let mut b = StateMachine::restore(&cp, HeadConfig::default(), Limits::default()).unwrap();
+        let mut b = StateMachine::restore(
+            &cp,
+            HeadConfig::default(),
+            Limits::default(),
+            &Tiers::argus_defaults(),
+        )
+        .unwrap();
         assert_eq!(b.applied(), 150);
         for (i, e) in entries.iter().enumerate().skip(150) {
             let t = T0 + i as i64 * 15_000;
@@ -691,5 +783,38 @@ mod tests {
         assert_eq!(samples(&a, "eth0"), samples(&b, "eth0"));
         assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
         assert_eq!(a.counters(), b.counters());
+    }
+
+    /// Samples the head accepts also feed the downsampled tiers: a counter ramp comes
+    /// out as 5-minute windows whose increases are exact, once the out-of-order window
+    /// has passed them.
+    #[test]
+    fn accepted_samples_are_downsampled_for_the_aggregate_tiers() {
+        let mut s = sm();
+        let step = 15_000;
+        for i in 0..(3 * 240) {
+            let t = T0 - T0 % 300_000 + i * step;
+            let push = Entry::RemoteWrite {
+                series: vec![PushedSeries {
+                    name: "requests_total".into(),
+                    labels: Labels::from_pairs([("job", "api")]),
+                    samples: vec![(t, i as f64 * 2.5)],
+                }],
+                metadata: vec![],
+            };
+            s.apply(i as u64 + 1, t, &push);
+        }
+        let blocks = s.take_blocks();
+        let five_min: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.tier == 1)
+            .flat_map(|b| b.windows.iter())
+            .collect();
+        assert!(five_min.len() >= 20, "{} windows sealed", five_min.len());
+        // 20 samples per window, 2.5 apart: each full window after the first rises by 50.
+        for w in &five_min[1..] {
+            assert_eq!(w.count, 20);
+            assert_eq!(w.increase, Some(50.0));
+        }
     }
 }

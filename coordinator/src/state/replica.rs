@@ -4,7 +4,8 @@
 //! Durability lives in the log. The store is written without fsync; every
 //! `checkpoint_entries` entries or `checkpoint_samples` samples the replica writes
 //! the head, index and dedup state together with the applied index they cover, in one
-//! atomic store batch, and syncs it. Only then may the log be compacted up to that
+//! atomic store batch, and syncs it. Aggregate windows for the downsampled tiers are
+//! written the same way as sealed raw chunks. Only then may the log be compacted up to that
 //! index. A restart loads the last checkpoint and the node replays the log after it;
 //! chunks sealed again during the replay overwrite the same keys with the same bytes,
 //! because apply is deterministic.
@@ -75,9 +76,9 @@ impl Replica {
         let sm = match store.get_meta(CHECKPOINT_KEY)? {
             Some(bytes) => {
                 let cp = decode_checkpoint(&bytes)?;
-                StateMachine::restore(&cp, config.head, config.limits)?
+                StateMachine::restore(&cp, config.head, config.limits, store.tiers())?
             }
-            None => StateMachine::new(config.head, config.limits)?,
+            None => StateMachine::new(config.head, config.limits, store.tiers())?,
         };
         let checkpointed = sm.applied();
         Ok(Replica {
@@ -115,18 +116,20 @@ impl Replica {
         let due = force_checkpoint
             || self.since_checkpoint_entries >= self.config.checkpoint_entries
             || self.since_checkpoint_samples >= self.config.checkpoint_samples;
-        let (sealed, checkpoint) = {
+        let sealed = {
             let mut sm = self.write()?;
             sm.seal_idle(self.config.seal_idle_ms);
             let sealed = sm.take_sealed();
+            let blocks = sm.take_blocks();
             let cp = if due && sm.applied() > self.checkpointed {
                 Some(sm.checkpoint()?)
             } else {
                 None
             };
-            (sealed, cp)
+            (sealed, blocks, cp)
         };
-        if sealed.is_empty() && checkpoint.is_none() {
+        let (sealed, blocks, checkpoint) = sealed;
+        if sealed.is_empty() && blocks.is_empty() && checkpoint.is_none() {
             return Ok(());
         }
         let mut batch = self.store.batch();
@@ -137,6 +140,9 @@ impl Replica {
                 max_t: c.max_t,
                 bytes: &c.bytes,
             })?;
+        }
+        for b in &blocks {
+            batch.block(b)?;
         }
         if let Some(cp) = &checkpoint {
             batch.put_meta(CHECKPOINT_KEY, &encode_checkpoint(cp))?;
@@ -210,7 +216,7 @@ impl Apply for Replica {
 fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
     let mut out = vec![CHECKPOINT_VERSION];
     out.extend_from_slice(&cp.applied.to_be_bytes());
-    for part in [&cp.index, &cp.head, &cp.agents] {
+    for part in [&cp.index, &cp.head, &cp.agents, &cp.aggregates] {
         out.extend_from_slice(&(part.len() as u64).to_be_bytes());
         out.extend_from_slice(part);
     }
@@ -236,8 +242,8 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         Ok(u64::from_be_bytes(*head))
     };
     let applied = take_u64(&mut rest)?;
-    let mut parts = Vec::with_capacity(3);
-    for _ in 0..3 {
+    let mut parts = Vec::with_capacity(4);
+    for _ in 0..4 {
         let len = take_u64(&mut rest)?;
         let len = usize::try_from(len)
             .ok()
@@ -247,6 +253,7 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         parts.push(part.to_vec());
         rest = tail;
     }
+    let aggregates = parts.pop().unwrap_or_default();
     let agents = parts.pop().unwrap_or_default();
     let head = parts.pop().unwrap_or_default();
     let index = parts.pop().unwrap_or_default();
@@ -255,5 +262,6 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         index,
         head,
         agents,
+        aggregates,
     })
 }
