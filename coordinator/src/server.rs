@@ -95,6 +95,50 @@ impl Running {
     }
 }
 
+/// The leader's retention duty: every minute, propose a `RetentionCut` per tier. The cut
+/// is an entry, not a timer in the store, so every replica drops the same partitions at
+/// the same point of the log (DESIGN §3.2); a new leader simply carries on.
+async fn retention_duty(
+    proposer: crate::cluster::Proposer<Outcome>,
+    stats: Arc<crate::cluster::NodeStats>,
+    tiers: Tiers,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last: Vec<i64> = vec![i64::MIN; tiers.iter().count()];
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if !stats.snapshot().is_leader {
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for cut in tiers.retention_cuts(now) {
+            let slot = &mut last[usize::from(cut.tier)];
+            if cut.before_ms <= *slot {
+                continue;
+            }
+            let entry = crate::state::entry::Entry::RetentionCut {
+                tier: cut.tier,
+                before_ms: cut.before_ms,
+            };
+            match proposer.propose(now, &entry.encode()) {
+                Ok(receipt) => {
+                    if receipt.outcome().await.is_ok() {
+                        *slot = cut.before_ms;
+                    }
+                }
+                Err(e) => tracing::debug!("retention cut not proposed: {e}"),
+            }
+        }
+    }
+}
+
 /// Opens the data directory, starts the node and binds the HTTP listener.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     if cfg.write_token.is_none() && !cfg.listen.ip().is_loopback() {
@@ -139,6 +183,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         source,
     })?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(retention_duty(
+        node.proposer().clone(),
+        node.stats().clone(),
+        cfg.tiers.clone(),
+        stop.subscribe(),
+    ));
     let service = router(app, cfg.max_body_bytes);
     let http = tokio::spawn(async move {
         axum::serve(listener, service)
