@@ -189,8 +189,10 @@ fn serve_command(data_dir: &Path, addr: SocketAddr, extra: &[String]) -> Command
     cmd
 }
 
-/// Bytes of all files under `dir` (what `du -sb` would say, less directory blocks).
+/// Disk space of all files under `dir`, as `du` counts it (allocated blocks, so a
+/// preallocated, sparse journal counts for what it really takes).
 pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -198,7 +200,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(Result::ok)
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Ok(_) => e.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
             Err(_) => 0,
         })
         .sum()
