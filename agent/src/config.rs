@@ -7,7 +7,8 @@
 //! type) and otherwise logs them and keeps collecting what it can (an unknown key is
 //! ignored, a probe with a malformed URL is left out).
 
-use argus_common::config::ConfigError;
+pub use argus_common::config::Problems;
+use argus_common::config::{ConfigError, EnvSections, load_toml, parse_toml};
 use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::fmt;
@@ -399,24 +400,6 @@ impl ProbeConfig {
     }
 }
 
-/// Every problem found while loading, in file order where known.
-#[derive(Debug, Default)]
-pub struct Problems {
-    pub errors: Vec<ConfigError>,
-    /// Problems `run` can work around: unknown keys, unusable probes.
-    pub recoverable: Vec<ConfigError>,
-}
-
-impl Problems {
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty() && self.recoverable.is_empty()
-    }
-
-    pub fn all(&self) -> impl Iterator<Item = &ConfigError> {
-        self.errors.iter().chain(&self.recoverable)
-    }
-}
-
 impl AgentConfig {
     /// Reads and validates a config file, applying `ARGUS_<SECTION>_<KEY>` overrides from `env`.
     ///
@@ -426,17 +409,8 @@ impl AgentConfig {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> (Option<AgentConfig>, Problems) {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_str(&text, path, env),
-            Err(e) => {
-                let mut p = Problems::default();
-                p.errors.push(ConfigError::Unreadable {
-                    file: path.to_path_buf(),
-                    reason: e.to_string(),
-                });
-                (None, p)
-            }
-        }
+        let (cfg, problems) = load_toml(path, env, ENV_SECTIONS);
+        Self::validated(cfg, path, problems)
     }
 
     /// As [`AgentConfig::load`], from text already read; `path` is only used in messages.
@@ -445,46 +419,19 @@ impl AgentConfig {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> (Option<AgentConfig>, Problems) {
-        let mut problems = Problems::default();
-        let file = path.to_path_buf();
-        let mut table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                let e: toml::de::Error = e;
-                problems.errors.push(ConfigError::Invalid {
-                    file,
-                    key: key_at_span(text, e.span()),
-                    reason: e.message().to_string(),
-                });
-                return (None, problems);
-            }
+        let (cfg, problems) = parse_toml(text, path, env, ENV_SECTIONS);
+        Self::validated(cfg, path, problems)
+    }
+
+    fn validated(
+        cfg: Option<AgentConfig>,
+        path: &Path,
+        mut problems: Problems,
+    ) -> (Option<AgentConfig>, Problems) {
+        let Some(mut cfg) = cfg else {
+            return (None, problems);
         };
-        apply_env(&mut table, env, &mut problems);
-        let mut unknown = Vec::new();
-        let mut track = serde_path_to_error::Track::new();
-        let value = toml::Value::Table(table);
-        let de = serde_path_to_error::Deserializer::new(value, &mut track);
-        let parsed: Result<AgentConfig, _> =
-            serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
-        let mut cfg = match parsed {
-            Ok(c) => c,
-            Err(e) => {
-                problems.errors.push(ConfigError::Invalid {
-                    file,
-                    key: track.path().to_string(),
-                    reason: e.to_string(),
-                });
-                return (None, problems);
-            }
-        };
-        for key in unknown {
-            problems.recoverable.push(ConfigError::UnknownKey {
-                file: file.clone(),
-                key,
-                hint: String::new(),
-            });
-        }
-        cfg.validate(&file, &mut problems);
+        cfg.validate(path, &mut problems);
         (Some(cfg), problems)
     }
 
@@ -584,74 +531,20 @@ impl AgentConfig {
     }
 }
 
-/// The dotted key a TOML syntax error points into, or `(syntax)` when no key is near.
-fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else {
-        return "(syntax)".into();
-    };
-    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    format!("line {line}")
-}
-
 /// The sections `ARGUS_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &[
-    "agent",
-    "log",
-    "host",
-    "containers",
-    "jobs",
-    "spool",
-    "limits",
-    "metrics",
-    "probe",
-];
-
-/// Applies `ARGUS_<SECTION>_<KEY>=value` overrides. A value that parses as TOML
-/// (number, bool, array) keeps that type; anything else is a string.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-    problems: &mut Problems,
-) {
-    for (var, raw) in env {
-        let Some(rest) = var.strip_prefix("ARGUS_") else {
-            continue;
-        };
-        let Some((section, key)) = rest.split_once('_') else {
-            continue;
-        };
-        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        // The ARGUS_ prefix is shared with the coordinator and tools; a section the
-        // agent does not have is someone else's variable, not a mistake.
-        if !SECTIONS.contains(&section.as_str()) {
-            continue;
-        }
-        if section == "probe" {
-            problems.recoverable.push(ConfigError::Env {
-                var,
-                reason: "probes can only be configured in the file".into(),
-            });
-            continue;
-        }
-        let value = format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(raw));
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(t) => {
-                t.insert(key, value);
-            }
-            _ => problems.errors.push(ConfigError::Env {
-                var,
-                reason: format!("`{section}` is not a section"),
-            }),
-        }
-    }
-}
+const ENV_SECTIONS: EnvSections<'static> = EnvSections {
+    sections: &[
+        "agent",
+        "log",
+        "host",
+        "containers",
+        "jobs",
+        "spool",
+        "limits",
+        "metrics",
+    ],
+    file_only: &["probe"],
+};
 
 #[cfg(test)]
 mod tests {
