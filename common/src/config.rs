@@ -2,7 +2,10 @@
 //! the file, the key and what was expected (DESIGN §5).
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A config problem located precisely enough for an operator to fix it without
 /// reading our source.
@@ -25,6 +28,58 @@ pub enum ConfigError {
     },
     #[error("environment variable {var}: {reason}")]
     Env { var: String, reason: String },
+}
+
+/// A duration written as `500ms`, `10s`, `5m` or `1h`, as Prometheus writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("`{s}` has no unit; expected a number followed by ms, s, m or h")
+        })?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => {
+                return Err(format!(
+                    "`{s}` has unknown unit `{unit}`; expected ms, s, m or h"
+                ));
+            }
+        };
+        ms.map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms > 0 && ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms > 0 && ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1_000) {
+            write!(f, "{}s", ms / 1_000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Every problem found while loading a config file, in file order where known.
@@ -182,5 +237,30 @@ fn apply_env(
                 reason: format!("`{section}` is not a section"),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(
+            HumanDuration::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            HumanDuration::parse("2m").unwrap().0,
+            Duration::from_secs(120)
+        );
+        assert_eq!(HumanDuration::parse("1h").unwrap().to_string(), "1h");
+        assert!(HumanDuration::parse("10").unwrap_err().contains("no unit"));
+        assert!(
+            HumanDuration::parse("10d")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(HumanDuration::parse("99999999999999999999h").is_err());
     }
 }
