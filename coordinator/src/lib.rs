@@ -8,9 +8,11 @@
 //! - [`tsdb`]: series index, compressed chunks, tiers and retention.
 //! - [`api`]: HTTP endpoints (remote write, federation, series metadata).
 //! - [`server`]: `argus serve`: one node assembled from all of the above.
+//! - [`config`]: `argus.toml`.
 
 pub mod api;
 pub mod cluster;
+pub mod config;
 pub mod server;
 pub mod state;
 pub mod tsdb;

@@ -1,0 +1,266 @@
+//! `argus.toml`: the coordinator's config. Every key has a default, documented in
+//! `deploy/argus.example.toml`; `ARGUS_<SECTION>_<KEY>` overrides; errors name the file,
+//! the key and what was expected (DESIGN §5).
+
+use crate::server::ServeConfig;
+use crate::state::machine::Limits;
+use crate::state::replica::ReplicaConfig;
+use crate::tsdb::HeadConfig;
+use crate::tsdb::tier::{TierConfig, Tiers};
+use argus_common::config::{ConfigError, EnvSections, HumanDuration, Problems, load_toml};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ENV_SECTIONS: EnvSections<'static> = EnvSections {
+    sections: &["serve", "limits", "tsdb"],
+    file_only: &["tier"],
+};
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CoordinatorConfig {
+    pub serve: ServeSection,
+    pub limits: LimitsSection,
+    pub tsdb: TsdbSection,
+    /// Empty: Argus's defaults (raw 24 h, 5 m for 30 d, 1 h for a year).
+    #[serde(rename = "tier")]
+    pub tiers: Vec<TierSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServeSection {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Bearer token for `/api/v1/write`; required to listen beyond loopback.
+    pub write_token: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection {
+            data_dir: "./argus-data".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3006)),
+            write_token: String::new(),
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What one entry may create; each refusal is counted in
+/// `argus_tsdb_samples_refused_total{reason}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsSection {
+    pub max_labels: usize,
+    pub max_label_name_len: usize,
+    pub max_label_value_len: usize,
+    pub max_series_per_agent: usize,
+    pub max_points_per_batch: usize,
+    pub max_clock_skew: HumanDuration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            max_labels: l.max_labels,
+            max_label_name_len: l.max_label_name_len,
+            max_label_value_len: l.max_label_value_len,
+            max_series_per_agent: l.max_series_per_agent,
+            max_points_per_batch: l.max_points_per_batch,
+            max_clock_skew: HumanDuration(Duration::from_millis(l.max_future_ms as u64)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TsdbSection {
+    pub chunk_samples: usize,
+    pub out_of_order_window: HumanDuration,
+    pub checkpoint_entries: u64,
+    pub checkpoint_samples: u64,
+}
+
+impl Default for TsdbSection {
+    fn default() -> Self {
+        let (h, r) = (HeadConfig::default(), ReplicaConfig::default());
+        TsdbSection {
+            chunk_samples: h.chunk_samples,
+            out_of_order_window: HumanDuration(Duration::from_millis(h.ooo_window_ms as u64)),
+            checkpoint_entries: r.checkpoint_entries,
+            checkpoint_samples: r.checkpoint_samples,
+        }
+    }
+}
+
+/// One `[[tier]]`: the first is raw (no `step`), each later one aggregates.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierSection {
+    pub name: String,
+    pub step: Option<HumanDuration>,
+    pub retention: HumanDuration,
+    pub partition: HumanDuration,
+}
+
+impl CoordinatorConfig {
+    /// Reads, overrides from `env`, and validates. `check-config` fails on any problem;
+    /// `serve` refuses to start on errors and logs the recoverable ones.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Option<CoordinatorConfig>, Problems) {
+        let (cfg, mut problems) = load_toml::<CoordinatorConfig>(path, env, ENV_SECTIONS);
+        let Some(cfg) = cfg else {
+            return (None, problems);
+        };
+        if let Err(e) = cfg.to_serve() {
+            problems.errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: e.0,
+                reason: e.1,
+            });
+            return (None, problems);
+        }
+        (Some(cfg), problems)
+    }
+
+    /// The server's settings; Err names the key and why.
+    pub fn to_serve(&self) -> Result<ServeConfig, (String, String)> {
+        let mut s = ServeConfig::new(self.serve.data_dir.clone(), self.serve.listen);
+        s.write_token = Some(self.serve.write_token.clone()).filter(|t| !t.is_empty());
+        if self.serve.max_body_bytes < 1024 {
+            return Err((
+                "serve.max_body_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        s.max_body_bytes = self.serve.max_body_bytes;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_labels", l.max_labels),
+            ("limits.max_label_name_len", l.max_label_name_len),
+            ("limits.max_label_value_len", l.max_label_value_len),
+            ("limits.max_series_per_agent", l.max_series_per_agent),
+            ("limits.max_points_per_batch", l.max_points_per_batch),
+        ] {
+            if v == 0 {
+                return Err((key.into(), "must be greater than zero".into()));
+            }
+        }
+        s.replica.limits = Limits {
+            max_labels: l.max_labels,
+            max_label_name_len: l.max_label_name_len,
+            max_label_value_len: l.max_label_value_len,
+            max_series_per_agent: l.max_series_per_agent,
+            max_points_per_batch: l.max_points_per_batch,
+            max_future_ms: l.max_clock_skew.0.as_millis() as i64,
+            ..Limits::default()
+        };
+        s.replica.head.chunk_samples = self.tsdb.chunk_samples;
+        s.replica.head.ooo_window_ms = self.tsdb.out_of_order_window.0.as_millis() as i64;
+        s.replica
+            .head
+            .validate()
+            .map_err(|e| ("tsdb".to_string(), e.to_string()))?;
+        s.replica.checkpoint_entries = self.tsdb.checkpoint_entries.max(1);
+        s.replica.checkpoint_samples = self.tsdb.checkpoint_samples.max(1);
+        if !self.tiers.is_empty() {
+            let configs = self
+                .tiers
+                .iter()
+                .map(|t| TierConfig {
+                    name: t.name.clone(),
+                    step: t.step.map(|d| d.0),
+                    retention: t.retention.0,
+                    partition: t.partition.0,
+                })
+                .collect();
+            s.tiers = Tiers::new(configs).map_err(|e| ("tier".to_string(), e.to_string()))?;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Option<CoordinatorConfig>, Problems) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("argus.toml");
+        std::fs::write(&p, text).unwrap();
+        CoordinatorConfig::load(&p, Vec::new())
+    }
+
+    #[test]
+    fn the_example_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/argus.example.toml");
+        let (cfg, problems) = CoordinatorConfig::load(&example, Vec::new());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(cfg.unwrap(), CoordinatorConfig::default());
+    }
+
+    #[test]
+    fn the_product_documents_tiers_are_expressible() {
+        let (cfg, problems) = load(
+            r#"
+[[tier]]
+name = "raw"
+retention = "1h"
+partition = "1h"
+[[tier]]
+name = "5m"
+step = "5m"
+retention = "24h"
+partition = "6h"
+[[tier]]
+name = "1h"
+step = "1h"
+retention = "168h"
+partition = "24h"
+[[tier]]
+name = "1d"
+step = "24h"
+retention = "720h"
+partition = "168h"
+"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let serve = cfg.unwrap().to_serve().unwrap();
+        assert_eq!(serve.tiers.iter().count(), 4);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let (cfg, problems) = load("[limits]\nmax_labels = 0\n");
+        assert!(cfg.is_none());
+        assert!(problems.errors[0].to_string().contains("limits.max_labels"));
+        let (_, problems) = load("[tsdb]\nout_of_order_window = 10\n");
+        assert!(
+            problems.errors[0]
+                .to_string()
+                .contains("tsdb.out_of_order_window")
+        );
+        let (_, problems) = load(
+            "[[tier]]\nname = \"raw\"\nstep = \"5m\"\nretention = \"1h\"\npartition = \"1h\"\n",
+        );
+        assert!(
+            problems.errors[0].to_string().contains("tier"),
+            "{:?}",
+            problems.errors
+        );
+        let (cfg, problems) = load("[serve]\nlisten = \"127.0.0.1:3006\"\nbogus = 1\n");
+        assert!(cfg.is_some());
+        assert!(
+            problems.recoverable[0]
+                .to_string()
+                .contains("unknown key `serve.bogus`")
+        );
+    }
+}
