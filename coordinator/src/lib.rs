@@ -8,7 +8,7 @@
 //! - [`tsdb`]: series index, compressed chunks, tiers and retention.
 //! - [`api`]: HTTP endpoints (remote write, federation, series metadata).
 //! - [`server`]: `argus serve`: one node assembled from all of the above.
-//! - [`config`]: `argus.toml`.
+//! - [`config`]: the coordinator config file, `argus.toml`.
 
 pub mod api;
 pub mod cluster;
