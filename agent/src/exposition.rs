@@ -6,7 +6,7 @@
 //! scraping it adds its own target labels and applies its own staleness.
 
 use crate::collection::Collection;
-use argus_common::model::{Labels, escape_help, write_escaped_label_value};
+use argus_common::model::escape_help;
 use serde_json::json;
 use std::fmt::Write;
 
@@ -50,9 +50,11 @@ pub fn render_text(c: &Collection, target: Target<'_>) -> String {
                         let mut l = labels.clone();
                         l.set("instance", instance);
                         l.set("job", job.as_str());
-                        write_labels(&mut out, &l);
+                        let _ = write!(out, "{l}");
                     }
-                    Target::Scrape => write_labels(&mut out, labels),
+                    Target::Scrape => {
+                        let _ = write!(out, "{labels}");
+                    }
                 }
                 out.push(' ');
                 format_value(&mut out, *value);
@@ -64,23 +66,6 @@ pub fn render_text(c: &Collection, target: Target<'_>) -> String {
         }
     }
     out
-}
-
-fn write_labels(out: &mut String, labels: &Labels) {
-    if labels.is_empty() {
-        return;
-    }
-    out.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        let _ = write_escaped_label_value(out, v);
-        out.push('"');
-    }
-    out.push('}');
 }
 
 /// Renders the collection as JSON: one object per family with its samples.

@@ -21,7 +21,7 @@
 
 use argus_common::model::{
     Labels, MetricType, TimestampMs, escape_help, is_stale_nan, is_valid_label_name,
-    is_valid_metric_name, write_escaped_label_value,
+    is_valid_metric_name,
 };
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -119,21 +119,8 @@ fn exportable(s: &FederatedSample) -> bool {
 }
 
 fn write_sample(out: &mut String, s: &FederatedSample) {
-    out.push_str(&s.name);
-    if !s.labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in s.labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            let _ = write_escaped_label_value(out, v);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    out.push(' ');
+    // Labels' Display is the exposition format's `{name="escaped value",...}`.
+    let _ = write!(out, "{}{} ", s.name, s.labels);
     format_value(out, s.value);
     let _ = writeln!(out, " {}", s.timestamp_ms);
 }
