@@ -1,0 +1,1243 @@
+//! Argus's store beside VictoriaMetrics's, fed the same remote-write requests in one run.
+//!
+//! The workload is `argus_coordinator::tsdb::mix` (the mix the chunk codec's tests use):
+//! `ARGUS_BENCH_SERIES` series (default 5,000) of fractional, integer and sparse
+//! counters, wandering byte and decimal gauges, constant gauges and float ratios, at 1,
+//! 5, 10 or 15 s, half of them on the exact grid (an agent's tick) and half with ±10 ms
+//! of jitter and a per-target phase (a Prometheus scrape). Every series covers the same
+//! stretch of time ending a minute ago, sized so the total is `ARGUS_BENCH_SAMPLES`
+//! (default 10,000,000) samples.
+//!
+//! The samples are cut into remote-write 1.0 requests the way Prometheus sends them:
+//! each series belongs to one of `ARGUS_BENCH_SENDERS` shards (default 16), each shard
+//! sends its samples in time order, `ARGUS_BENCH_BATCH` samples per request (default
+//! 2,000, Prometheus's `max_samples_per_send`), one `TimeSeries` per sample, one request
+//! in flight per shard, retrying 5xx and 429. The bodies are encoded once, before
+//! either server starts, and the same bytes go to both:
+//!
+//! - `argus serve` (release build) through the full path: decode, propose, Raft log
+//!   fsync, apply, answer;
+//! - Debian's `victoria-metrics` on `/api/v1/write`.
+//!
+//! For each it prints samples/s appended (first request to last 2xx), the server's CPU,
+//! fsyncs per second and fsync p99, and bytes per sample on disk after compaction. Argus's
+//! figures come from its `/metrics` (`argus_raft_fsyncs_total`,
+//! `argus_raft_fsync_duration_seconds`); with `strace` installed both servers also run
+//! under `strace -f --seccomp-bpf -T` (only fsync, fdatasync and sync_file_range stop the
+//! tracee), which counts every fsync of every file, the same way for both
+//! (`ARGUS_BENCH_STRACE=0` turns it off). Disk: Argus is stopped with SIGTERM and its data
+//! directory measured (the Raft log, compacted only up to the last synced checkpoint, and
+//! the store, apart and together); VictoriaMetrics gets `/internal/force_flush` and
+//! `/internal/force_merge`, is stopped once no merge is running, and its `data` and
+//! `indexdb` are measured (its `cache` directory is printed but not counted: it is
+//! rebuilt when missing). Then the ratios against the targets: bytes per sample
+//! Argus/VM ≤ 1.0 and throughput Argus/VM ≥ 0.5.
+//!
+//! A reference line gives the chunk codec alone (no server) on the same samples, per
+//! shape, in 120-sample chunks.
+//!
+//! Run: `cargo bench -p argus-benches --bench tsdb_compression`
+//! (needs `apt-get install victoria-metrics`; `strace` is optional).
+
+use anyhow::{Context, Result, bail};
+use argus_coordinator::api::remote_write::{
+    CONTENT_ENCODING, CONTENT_TYPE, TimeSeries, VERSION_1, VERSION_HEADER, WriteRequest,
+    encode_body,
+};
+use argus_coordinator::tsdb::chunk;
+use argus_coordinator::tsdb::mix::{self, SeriesSpec, Shape};
+use argus_testkit::proc;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const VM_BIN: &str = "/usr/bin/victoria-metrics";
+const MIX_SEED: u64 = 20_240_917;
+/// Series per simulated host: they share an `instance` label.
+const SERIES_PER_HOST: usize = 40;
+/// The head's chunk length (`HeadConfig::default().chunk_samples`), for the codec line.
+const CHUNK_SAMPLES: usize = 120;
+const SYNC_CALLS: &str = "fsync,fdatasync,sync_file_range";
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        println!("tsdb_compression: bench");
+        return Ok(());
+    }
+    let samples = env_usize("ARGUS_BENCH_SAMPLES", 10_000_000);
+    let series = env_usize("ARGUS_BENCH_SERIES", 5_000).max(1);
+    let senders = env_usize("ARGUS_BENCH_SENDERS", 16).max(1);
+    let batch = env_usize("ARGUS_BENCH_BATCH", 2_000).max(1);
+    let use_strace = env_usize("ARGUS_BENCH_STRACE", 1) != 0 && which("strace").is_some();
+    if !Path::new(VM_BIN).exists() {
+        println!(
+            "tsdb_compression: {VM_BIN} not found; install it with `apt-get install victoria-metrics` and run again"
+        );
+        return Ok(());
+    }
+    let argus_bin = build_argus()?;
+
+    let work = TempDir::new("argus-bench-tsdb")?;
+    let t_gen = Instant::now();
+    let load = Workload::generate(samples, series)?;
+    load.print_mix();
+    load.print_codec_reference()?;
+    let requests = load.requests(senders, batch)?;
+    let body_bytes: usize = requests.iter().flatten().map(|r| r.body.len()).sum();
+    let n_requests: usize = requests.iter().map(Vec::len).sum();
+    println!(
+        "requests: {n_requests} ({senders} senders, {batch} samples each, one TimeSeries per sample), {:.1} MB of snappy bodies; workload built in {:.1} s",
+        body_bytes as f64 / 1e6,
+        t_gen.elapsed().as_secs_f64()
+    );
+    if !use_strace {
+        println!(
+            "strace: off (not installed or ARGUS_BENCH_STRACE=0); fsyncs of all files not counted"
+        );
+    }
+
+    println!("\n--- argus serve ---");
+    let argus = run_argus(&argus_bin, &work.0.join("argus"), &requests, use_strace)?;
+    println!("\n--- victoria-metrics ---");
+    let vm = run_vm(&work.0.join("vm"), &requests, use_strace)?;
+
+    println!();
+    report(&load, senders, batch, &argus, &vm);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Workload
+// ---------------------------------------------------------------------------------
+
+struct Series {
+    spec: SeriesSpec,
+    labels: Vec<(String, String)>,
+    samples: Vec<(i64, f64)>,
+}
+
+struct Workload {
+    series: Vec<Series>,
+    total: usize,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+/// One encoded request and the samples it carries.
+struct Request {
+    body: Vec<u8>,
+    samples: usize,
+}
+
+impl Workload {
+    /// `total` samples over `count` series, all covering the same stretch of time ending a
+    /// minute ago, so each series has as many samples as its interval allows.
+    fn generate(total: usize, count: usize) -> Result<Workload> {
+        let specs = mix::realistic_mix(count, MIX_SEED);
+        let rate: f64 = specs.iter().map(|s| 1.0 / s.interval_ms as f64).sum();
+        let span_ms = total as f64 / rate;
+        let mut counts: Vec<usize> = specs
+            .iter()
+            .map(|s| (span_ms / s.interval_ms as f64) as usize)
+            .collect();
+        // Rounding down leaves fewer than `count` samples over; hand them out one each.
+        let short = total.saturating_sub(counts.iter().sum());
+        for c in counts.iter_mut().take(short) {
+            *c += 1;
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        let end_ms = (now_ms - 60_000) / 15_000 * 15_000;
+        let start_ms = end_ms - span_ms as i64;
+        let series: Vec<Series> = specs
+            .into_iter()
+            .zip(counts)
+            .enumerate()
+            .map(|(i, (spec, n))| {
+                // A scrape has a per-target phase; an agent stamps the aligned tick.
+                let phase = if spec.jitter {
+                    (spec.seed % spec.interval_ms as u64) as i64
+                } else {
+                    0
+                };
+                let first = start_ms / spec.interval_ms * spec.interval_ms + phase;
+                Series {
+                    labels: labels_for(i, spec.shape),
+                    samples: mix::generate(&spec, first, n),
+                    spec,
+                }
+            })
+            .collect();
+        let total = series.iter().map(|s| s.samples.len()).sum();
+        Ok(Workload {
+            series,
+            total,
+            start_ms,
+            end_ms,
+        })
+    }
+
+    fn print_mix(&self) {
+        println!(
+            "tsdb_compression: {} samples, {} series over {:.2} h (ending a minute ago), mix seed {MIX_SEED}",
+            self.total,
+            self.series.len(),
+            (self.end_ms - self.start_ms) as f64 / 3.6e6
+        );
+        println!(
+            "{:<20} {:>7} {:>11} {:>7}   by interval 1s/5s/10s/15s   jittered",
+            "mix", "series", "samples", "share"
+        );
+        for shape in Shape::ALL {
+            let of: Vec<&Series> = self
+                .series
+                .iter()
+                .filter(|s| s.spec.shape == shape)
+                .collect();
+            let n: usize = of.iter().map(|s| s.samples.len()).sum();
+            let by_iv: Vec<String> = mix::INTERVALS_MS
+                .iter()
+                .map(|iv| {
+                    of.iter()
+                        .filter(|s| s.spec.interval_ms == *iv)
+                        .count()
+                        .to_string()
+                })
+                .collect();
+            println!(
+                "{:<20} {:>7} {:>11} {:>6.1}%   {:<27} {}",
+                shape.name(),
+                of.len(),
+                n,
+                100.0 * n as f64 / self.total as f64,
+                by_iv.join("/"),
+                of.iter().filter(|s| s.spec.jitter).count()
+            );
+        }
+    }
+
+    /// The chunk codec alone on the same samples: the floor the server's store builds on.
+    fn print_codec_reference(&self) -> Result<()> {
+        let mut by_shape: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let t = Instant::now();
+        for s in &self.series {
+            let bytes = s
+                .samples
+                .chunks(CHUNK_SAMPLES)
+                .map(|c| chunk::encode(c).map(|b| b.len()))
+                .sum::<Result<usize, _>>()?;
+            let e = by_shape.entry(s.spec.shape.name()).or_default();
+            e.0 += bytes;
+            e.1 += s.samples.len();
+        }
+        let took = t.elapsed().as_secs_f64();
+        let (bytes, n) = by_shape
+            .values()
+            .fold((0, 0), |(b, n), (b2, n2)| (b + b2, n + n2));
+        let per: Vec<String> = Shape::ALL
+            .iter()
+            .filter_map(|s| by_shape.get(s.name()).map(|(b, n)| (s.name(), b, n)))
+            .map(|(name, b, n)| format!("{name} {:.3}", *b as f64 / *n as f64))
+            .collect();
+        println!(
+            "codec alone ({CHUNK_SAMPLES}-sample chunks, no index, no server): {:.3} bytes/sample overall, {:.0} ns/sample to encode; per shape: {}",
+            bytes as f64 / n as f64,
+            took * 1e9 / n as f64,
+            per.join(", ")
+        );
+        Ok(())
+    }
+
+    /// Shard `i` owns the series with `index % senders == i` (so one series' samples are
+    /// always sent in order) and sends them merged in time order.
+    fn requests(&self, senders: usize, batch: usize) -> Result<Vec<Vec<Request>>> {
+        let shards: Vec<usize> = (0..senders).collect();
+        let out = Mutex::new(Vec::new());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|scope| {
+            for part in shards.chunks(senders.div_ceil(threads)) {
+                let out = &out;
+                scope.spawn(move || {
+                    for &shard in part {
+                        let reqs = self.shard_requests(shard, senders, batch);
+                        if let Ok(mut o) = out.lock() {
+                            o.push((shard, reqs));
+                        }
+                    }
+                });
+            }
+        });
+        let mut all = out.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        all.sort_by_key(|(shard, _)| *shard);
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn shard_requests(&self, shard: usize, senders: usize, batch: usize) -> Result<Vec<Request>> {
+        let mut stream: Vec<(i64, u32, u32)> = Vec::new();
+        for (i, s) in self.series.iter().enumerate().skip(shard).step_by(senders) {
+            for (j, (t, _)) in s.samples.iter().enumerate() {
+                stream.push((*t, i as u32, j as u32));
+            }
+        }
+        stream.sort_unstable();
+        stream
+            .chunks(batch)
+            .map(|part| {
+                let req = WriteRequest {
+                    timeseries: part
+                        .iter()
+                        .map(|&(_, i, j)| {
+                            let s = &self.series[i as usize];
+                            TimeSeries {
+                                labels: s.labels.clone(),
+                                samples: vec![s.samples[j as usize]],
+                                ..Default::default()
+                            }
+                        })
+                        .collect(),
+                    metadata: Vec::new(),
+                };
+                Ok(Request {
+                    body: encode_body(&req)?,
+                    samples: part.len(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Labels as node_exporter and cAdvisor would name such a series, sorted, `__name__`
+/// included; the series number keeps every label set distinct.
+fn labels_for(i: usize, shape: Shape) -> Vec<(String, String)> {
+    let (name, key, value) = match shape {
+        Shape::FractionalCounter => ("node_cpu_seconds_total", "cpu", format!("{}", i % 64)),
+        Shape::IntegerCounter => (
+            "node_network_receive_bytes_total",
+            "device",
+            format!("eth{i}"),
+        ),
+        Shape::SparseCounter => (
+            "node_network_receive_errs_total",
+            "device",
+            format!("eth{i}"),
+        ),
+        Shape::BytesGauge => (
+            "container_memory_working_set_bytes",
+            "name",
+            format!("app-{i}"),
+        ),
+        Shape::DecimalGauge => ("node_hwmon_temp_celsius", "sensor", format!("temp{i}")),
+        Shape::ConstantGauge => (
+            "node_filesystem_size_bytes",
+            "mountpoint",
+            format!("/srv/{i}"),
+        ),
+        Shape::FloatGauge => ("container_cpu_load_ratio", "name", format!("app-{i}")),
+    };
+    let mut labels: Vec<(String, String)> = [
+        ("__name__", name.to_string()),
+        (key, value),
+        ("instance", format!("host-{:04}:9100", i / SERIES_PER_HOST)),
+        ("job", "node".to_string()),
+        ("series", i.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if shape == Shape::FractionalCounter {
+        labels.push(("mode".into(), "user".into()));
+    }
+    labels.sort();
+    labels
+}
+
+// ---------------------------------------------------------------------------------
+// Running one server
+// ---------------------------------------------------------------------------------
+
+/// What one server did with the load.
+#[derive(Default)]
+struct RunResult {
+    samples_ok: usize,
+    requests_failed: usize,
+    first_failure: Option<String>,
+    retries: usize,
+    wall: f64,
+    cpu: f64,
+    peak_rss_mb: f64,
+    /// The server's own fsync count, mean and p99 (None where it keeps none).
+    own_fsyncs: Option<(u64, f64, f64)>,
+    /// Every sync call of every file, from strace.
+    traced: Option<Traced>,
+    /// Parts of the data directory (allocated bytes, apparent bytes), and which count.
+    disk: Vec<(String, u64, u64, bool)>,
+    /// Samples the server says it stored.
+    stored: Option<f64>,
+    notes: Vec<String>,
+}
+
+/// Sync calls strace saw in the load window: count by call name, and every duration (s).
+type Traced = (BTreeMap<String, u64>, Vec<f64>);
+
+impl RunResult {
+    fn counted_disk(&self) -> u64 {
+        self.disk.iter().filter(|d| d.3).map(|d| d.1).sum()
+    }
+}
+
+fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
+    let port = free_port()?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn");
+    let mut server = Server::start(cmd, dir, port, "/ready", strace)?;
+    let before = Metrics::scrape(port)?;
+    let mut r = drive(&mut server, requests)?;
+    let after = Metrics::scrape(port)?;
+    let fsyncs = after.get("argus_raft_fsyncs_total") - before.get("argus_raft_fsyncs_total");
+    let secs =
+        after.get("argus_raft_fsync_seconds_total") - before.get("argus_raft_fsync_seconds_total");
+    let p99 = histogram_quantile(
+        0.99,
+        &after.buckets("argus_raft_fsync_duration_seconds_bucket"),
+        &before.buckets("argus_raft_fsync_duration_seconds_bucket"),
+    );
+    r.own_fsyncs = Some((
+        fsyncs as u64,
+        secs / fsyncs.max(1.0),
+        p99.unwrap_or(f64::NAN),
+    ));
+    r.stored = Some(after.get("argus_tsdb_samples_appended_total"));
+    let refused = after.sum_prefix("argus_tsdb_samples_refused_total")
+        + after.sum_prefix("argus_http_write_refused_total");
+    if refused > 0.0 {
+        r.notes.push(format!(
+            "argus refused {refused} samples (see its /metrics)"
+        ));
+    }
+    r.notes.push(format!(
+        "argus: raft log {:.1} MB at the end of the load (its own gauge), {} entries committed",
+        after.get("argus_raft_log_disk_bytes") / 1e6,
+        after.get("argus_raft_entries_committed_total")
+            - before.get("argus_raft_entries_committed_total")
+    ));
+    // Let background flushes settle, then stop cleanly and measure.
+    wait_stable(&data, Duration::from_secs(3), Duration::from_secs(60));
+    let stop = server.stop(Duration::from_secs(120))?;
+    r.notes
+        .push(format!("argus: stopped with SIGTERM in {stop:.1} s"));
+    r.traced = server.traced()?;
+    r.disk = vec![
+        du_part(&data.join("raft"), "raft log (since last checkpoint)", true),
+        du_part(
+            &data.join("tsdb"),
+            "store (chunks, index, checkpoint)",
+            true,
+        ),
+    ];
+    let other = du(&data)
+        .0
+        .saturating_sub(r.disk.iter().map(|d| d.1).sum::<u64>());
+    r.disk.push(("other".into(), other, other, true));
+    Ok(r)
+}
+
+fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
+    let port = free_port()?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(VM_BIN);
+    cmd.arg(format!("-storageDataPath={}", data.display()))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .arg("-retentionPeriod=1");
+    let mut server = Server::start(cmd, dir, port, "/health", strace)?;
+    let mut r = drive(&mut server, requests)?;
+    // Flush the in-memory parts, merge everything, and wait until no merge runs.
+    let t = Instant::now();
+    http_get(port, "/internal/force_flush")?;
+    http_get(port, "/internal/force_merge?partition_prefix=")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut quiet = 0;
+    while quiet < 3 && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_secs(1));
+        let m = Metrics::scrape(port)?;
+        let busy = m.get("vm_active_force_merges") + m.sum_prefix("vm_active_merges");
+        quiet = if busy == 0.0 { quiet + 1 } else { 0 };
+    }
+    let m = Metrics::scrape(port)?;
+    r.stored = Some(m.get("vm_rows_added_to_storage_total"));
+    r.notes.push(format!(
+        "vm: force flush + force merge done in {:.1} s; parts: {} small, {} big rows",
+        t.elapsed().as_secs_f64(),
+        m.get("vm_rows{type=\"storage/small\"}"),
+        m.get("vm_rows{type=\"storage/big\"}"),
+    ));
+    let stop = server.stop(Duration::from_secs(120))?;
+    r.notes
+        .push(format!("vm: stopped with SIGTERM in {stop:.1} s"));
+    r.traced = server.traced()?;
+    r.disk = vec![
+        du_part(&data.join("data"), "data (parts)", true),
+        du_part(&data.join("indexdb"), "indexdb", true),
+        du_part(&data.join("cache"), "cache (not counted)", false),
+    ];
+    let other = du(&data)
+        .0
+        .saturating_sub(r.disk.iter().map(|d| d.1).sum::<u64>());
+    r.disk
+        .push(("other (metadata, locks)".into(), other, other, true));
+    Ok(r)
+}
+
+/// Sends every shard's requests from its own thread, one in flight each.
+fn drive(server: &mut Server, requests: &[Vec<Request>]) -> Result<RunResult> {
+    let pid = server.pid;
+    let Some(cpu0) = proc::cpu_seconds(pid) else {
+        bail!("server (pid {pid}) exited: {}", server.log_tail());
+    };
+    let first = Mutex::new(None::<Instant>);
+    let last_ok = Mutex::new(None::<Instant>);
+    let results = Mutex::new(Vec::new());
+    let failed = AtomicBool::new(false);
+    server.window_start = Some(SystemTime::now());
+    std::thread::scope(|scope| {
+        for shard in requests {
+            let (first, last_ok, results, failed) = (&first, &last_ok, &results, &failed);
+            let port = server.port;
+            scope.spawn(move || {
+                let mut conn = Conn::new(port);
+                let mut ok = 0usize;
+                let mut failures = 0usize;
+                let mut first_failure = None;
+                let mut retries = 0usize;
+                if let Ok(mut f) = first.lock() {
+                    let now = Instant::now();
+                    *f = Some(f.map_or(now, |f| f.min(now)));
+                }
+                for req in shard {
+                    let mut attempts = 0;
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match conn.request(
+                            "POST",
+                            "/api/v1/write",
+                            &REMOTE_WRITE_HEADERS,
+                            &req.body,
+                        ) {
+                            Ok((status, _)) if (200..300).contains(&status) => {
+                                ok += req.samples;
+                                let now = Instant::now();
+                                if let Ok(mut l) = last_ok.lock() {
+                                    *l = Some(l.map_or(now, |l| l.max(now)));
+                                }
+                                break;
+                            }
+                            Ok((status, body)) if status != 429 && status < 500 => {
+                                failures += 1;
+                                first_failure.get_or_insert_with(|| {
+                                    format!("{status}: {}", String::from_utf8_lossy(&body))
+                                });
+                                break;
+                            }
+                            other => {
+                                attempts += 1;
+                                retries += 1;
+                                if attempts > 50 {
+                                    failed.store(true, Ordering::Relaxed);
+                                    first_failure
+                                        .get_or_insert_with(|| format!("giving up: {other:?}"));
+                                    failures += 1;
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                }
+                if let Ok(mut r) = results.lock() {
+                    r.push((ok, failures, first_failure, retries));
+                }
+            });
+        }
+    });
+    server.window_end = Some(SystemTime::now());
+    let cpu = proc::cpu_seconds(pid).context("server exited during the load")? - cpu0;
+    let peak_rss_mb = proc::peak_rss_bytes(pid).unwrap_or(0) as f64 / 1e6;
+    let (first, last) = (
+        first.into_inner().ok().flatten(),
+        last_ok.into_inner().ok().flatten(),
+    );
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => bail!("no request succeeded; server log: {}", server.log_tail()),
+    };
+    let mut r = RunResult {
+        wall,
+        cpu,
+        peak_rss_mb,
+        ..Default::default()
+    };
+    for (ok, failures, first_failure, retries) in results.into_inner().unwrap_or_default() {
+        r.samples_ok += ok;
+        r.requests_failed += failures;
+        r.retries += retries;
+        if r.first_failure.is_none() {
+            r.first_failure = first_failure;
+        }
+    }
+    println!(
+        "{} samples acknowledged in {wall:.1} s ({:.0} samples/s), {} requests failed, {} retries",
+        r.samples_ok,
+        r.samples_ok as f64 / wall,
+        r.requests_failed,
+        r.retries
+    );
+    if let Some(f) = &r.first_failure {
+        println!("first failure: {f}");
+    }
+    Ok(r)
+}
+
+const REMOTE_WRITE_HEADERS: [(&str, &str); 3] = [
+    ("Content-Type", CONTENT_TYPE),
+    ("Content-Encoding", CONTENT_ENCODING),
+    (VERSION_HEADER, VERSION_1),
+];
+
+/// A server process, under strace or not, killed if the bench ends early.
+struct Server {
+    child: Child,
+    /// The server's own pid (strace's child when traced).
+    pid: u32,
+    port: u16,
+    log: PathBuf,
+    trace: Option<PathBuf>,
+    window_start: Option<SystemTime>,
+    window_end: Option<SystemTime>,
+}
+
+impl Server {
+    fn start(mut cmd: Command, dir: &Path, port: u16, ready: &str, strace: bool) -> Result<Server> {
+        let log = dir.join("server.log");
+        let program = cmd.get_program().to_os_string();
+        let trace = strace.then(|| dir.join("strace.out"));
+        let mut cmd = match &trace {
+            Some(out) => {
+                let mut s = Command::new("strace");
+                s.args(["-f", "--seccomp-bpf", "-ttt", "-T", "-e"])
+                    .arg(format!("trace={SYNC_CALLS}"))
+                    .arg("-o")
+                    .arg(out)
+                    .arg("--")
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    if let Some(v) = v {
+                        s.env(k, v);
+                    }
+                }
+                s
+            }
+            None => std::mem::replace(&mut cmd, Command::new("true")),
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let mut server = Server {
+            pid: child.id(),
+            child,
+            port,
+            log,
+            trace,
+            window_start: None,
+            window_end: None,
+        };
+        let t = Instant::now();
+        loop {
+            if server.trace.is_some()
+                && server.pid == server.child.id()
+                && let Some(p) = child_of(server.child.id(), &program)
+            {
+                server.pid = p;
+            }
+            let up = server.pid != server.child.id() || server.trace.is_none();
+            if up && matches!(http_get(port, ready), Ok((200, _))) {
+                return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                bail!(
+                    "server exited ({status}) before it was ready: {}",
+                    server.log_tail()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("server not ready after 60 s: {}", server.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then waits; returns how long the stop took.
+    fn stop(&mut self, limit: Duration) -> Result<f64> {
+        let t = Instant::now();
+        // SAFETY: kill has no memory preconditions; the pid is our child (or strace's).
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        while t.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    println!("server exit status {status}: {}", self.log_tail());
+                }
+                return Ok(t.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("server did not stop within {limit:?}: {}", self.log_tail())
+    }
+
+    /// Sync calls strace saw in the load window: count by call, and durations.
+    fn traced(&self) -> Result<Option<Traced>> {
+        let (Some(path), Some(from), Some(to)) = (&self.trace, self.window_start, self.window_end)
+        else {
+            return Ok(None);
+        };
+        let epoch = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let text = std::fs::read_to_string(path)?;
+        Ok(Some(parse_strace(&text, epoch(from), epoch(to))))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `strace -f -ttt -T` lines: `PID SECS.USECS call(args) = 0 <DUR>`, or split into
+/// `call(args <unfinished ...>` and `<... call resumed>) = 0 <DUR>` when threads interleave.
+fn parse_strace(text: &str, from: f64, to: f64) -> Traced {
+    let mut calls = BTreeMap::new();
+    let mut durations = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(_pid), Some(ts)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(ts) = ts.parse::<f64>() else { continue };
+        let rest: Vec<&str> = words.collect();
+        let name = match rest.first() {
+            Some(&"<...") => rest.get(1).copied().unwrap_or(""),
+            Some(w) => w.split('(').next().unwrap_or(""),
+            None => "",
+        };
+        if name.is_empty() || line.ends_with("<unfinished ...>") {
+            continue;
+        }
+        let Some(dur) = line
+            .rsplit_once('<')
+            .and_then(|(_, d)| d.trim_end_matches('>').parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let started = if line.contains(" resumed>") {
+            ts - dur
+        } else {
+            ts
+        };
+        if started < from || started > to {
+            continue;
+        }
+        *calls.entry(name.to_string()).or_insert(0) += 1;
+        durations.push(dur);
+    }
+    (calls, durations)
+}
+
+// ---------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------
+
+fn report(load: &Workload, senders: usize, batch: usize, a: &RunResult, v: &RunResult) {
+    println!(
+        "tsdb_compression: {} samples, {} series, {senders} senders x {batch} samples per request, same bodies to both",
+        load.total,
+        load.series.len()
+    );
+    println!("{:<44} {:>16} {:>16}", "", "argus", "victoria-metrics");
+    let row = |name: &str, a: String, v: String| println!("{name:<44} {a:>16} {v:>16}");
+    let f = |x: f64, p: usize| format!("{x:.p$}");
+    row(
+        "samples acknowledged (2xx)",
+        a.samples_ok.to_string(),
+        v.samples_ok.to_string(),
+    );
+    row(
+        "samples stored (server's own counter)",
+        a.stored.map_or("-".into(), |s| f(s, 0)),
+        v.stored.map_or("-".into(), |s| f(s, 0)),
+    );
+    row(
+        "requests failed / retried",
+        format!("{} / {}", a.requests_failed, a.retries),
+        format!("{} / {}", v.requests_failed, v.retries),
+    );
+    row(
+        "wall s (first request to last 2xx)",
+        f(a.wall, 2),
+        f(v.wall, 2),
+    );
+    let tput = |r: &RunResult| r.samples_ok as f64 / r.wall;
+    row("samples/s appended", f(tput(a), 0), f(tput(v), 0));
+    row("server cpu s during the load", f(a.cpu, 2), f(v.cpu, 2));
+    row(
+        "server peak RSS MB",
+        f(a.peak_rss_mb, 1),
+        f(v.peak_rss_mb, 1),
+    );
+    let own = |r: &RunResult, what: usize| match r.own_fsyncs {
+        Some((n, mean, p99)) => match what {
+            0 => f(n as f64 / r.wall, 1),
+            1 => f(mean * 1e3, 3),
+            _ => f(p99 * 1e3, 3),
+        },
+        None => "n/a".into(),
+    };
+    row("fsyncs/s, server's own (Raft log)", own(a, 0), own(v, 0));
+    row("fsync mean ms, server's own", own(a, 1), own(v, 1));
+    row(
+        "fsync p99 ms, server's own (histogram)",
+        own(a, 2),
+        own(v, 2),
+    );
+    let traced = |r: &RunResult, what: usize| match &r.traced {
+        Some((calls, durs)) => match what {
+            0 => f(calls.values().sum::<u64>() as f64 / r.wall, 1),
+            1 => f(quantile(durs, 0.5) * 1e3, 3),
+            2 => f(quantile(durs, 0.99) * 1e3, 3),
+            _ => calls
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        },
+        None => "n/a".into(),
+    };
+    row(
+        "sync calls/s, strace (all files)",
+        traced(a, 0),
+        traced(v, 0),
+    );
+    row("sync p50 ms, strace", traced(a, 1), traced(v, 1));
+    row("sync p99 ms, strace", traced(a, 2), traced(v, 2));
+    row("sync calls by name, strace", traced(a, 3), traced(v, 3));
+    println!("disk after compaction and a clean stop (du, allocated / apparent):");
+    for (who, r) in [("argus", a), ("victoria-metrics", v)] {
+        for (part, alloc, apparent, counted) in &r.disk {
+            println!(
+                "  {who:<17} {part:<36} {:>10.2} MB {:>10.2} MB {:>7.3} B/sample{}",
+                *alloc as f64 / 1e6,
+                *apparent as f64 / 1e6,
+                *alloc as f64 / load.total as f64,
+                if *counted { "" } else { "  (not counted)" }
+            );
+        }
+    }
+    let bps = |r: &RunResult| r.counted_disk() as f64 / load.total as f64;
+    row(
+        "bytes/sample on disk, counted total",
+        f(bps(a), 3),
+        f(bps(v), 3),
+    );
+    if let Some(store) = a.disk.iter().find(|d| d.0.starts_with("store")) {
+        println!(
+            "argus store alone (without the log): {:.3} bytes/sample",
+            store.1 as f64 / load.total as f64
+        );
+    }
+    for n in a.notes.iter().chain(&v.notes) {
+        println!("{n}");
+    }
+    if v.traced.is_none() {
+        println!(
+            "vm fsync p99: n/a: VictoriaMetrics keeps no fsync metrics and strace was not used"
+        );
+    }
+    println!(
+        "ratio bytes/sample argus / victoria-metrics   = {:.2}  (target <= 1.0)",
+        bps(a) / bps(v)
+    );
+    println!(
+        "ratio throughput   argus / victoria-metrics   = {:.2}  (target >= 0.5)",
+        tput(a) / tput(v)
+    );
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// Prometheus's `histogram_quantile` over the increase between two scrapes of cumulative
+/// buckets `(le, count)`, interpolating linearly inside the bucket.
+fn histogram_quantile(q: f64, after: &[(f64, f64)], before: &[(f64, f64)]) -> Option<f64> {
+    let inc: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+            (le, n - b)
+        })
+        .collect();
+    let total = inc.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in &inc {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let in_bucket = n - prev.1;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev.1) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, n);
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------
+// Small HTTP/1.1 client (keep-alive, Content-Length and chunked bodies)
+// ---------------------------------------------------------------------------------
+
+struct Conn {
+    port: u16,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    fn new(port: u16) -> Conn {
+        Conn { port, stream: None }
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let result = self.exchange(method, path, headers, body);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let s = match &mut self.stream {
+            Some(s) => s,
+            None => {
+                let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+                tcp.set_nodelay(true)?;
+                tcp.set_read_timeout(Some(Duration::from_secs(300)))?;
+                self.stream.insert(BufReader::with_capacity(64 << 10, tcp))
+            }
+        };
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.get_mut().write_all(head.as_bytes())?;
+        s.get_mut().write_all(body)?;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut line = String::new();
+        s.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            if s.read_line(&mut line)? == 0 {
+                return Err(bad("connection closed in headers"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => length = v.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v == "close",
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                s.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad("bad chunk size"))?;
+                if size == 0 {
+                    loop {
+                        line.clear();
+                        if s.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let at = out.len();
+                out.resize(at + size, 0);
+                s.read_exact(&mut out[at..])?;
+                line.clear();
+                s.read_line(&mut line)?;
+            }
+        } else if let Some(n) = length {
+            out.resize(n, 0);
+            s.read_exact(&mut out)?;
+        } else if status != 204 && status != 304 {
+            s.read_to_end(&mut out)?;
+            close = true;
+        }
+        if close {
+            self.stream = None;
+        }
+        Ok((status, out))
+    }
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    Conn::new(port).request("GET", path, &[], &[])
+}
+
+/// One scrape of a Prometheus text exposition, as `name{labels}` → value.
+struct Metrics(BTreeMap<String, f64>);
+
+impl Metrics {
+    fn scrape(port: u16) -> Result<Metrics> {
+        let (status, body) = http_get(port, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        let text = String::from_utf8_lossy(&body);
+        let mut m = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((k, v)) = line.rsplit_once(' ')
+                && let Ok(v) = v.parse::<f64>()
+            {
+                m.insert(k.to_string(), v);
+            }
+        }
+        Ok(Metrics(m))
+    }
+
+    fn get(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    fn sum_prefix(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// `name{le="x"}` samples as (le, count), sorted by le.
+    fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}{{le=\"");
+        let mut out: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| {
+                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, *v))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Files, processes, build
+// ---------------------------------------------------------------------------------
+
+/// (allocated bytes, apparent bytes) of everything under `p`.
+fn du(p: &Path) -> (u64, u64) {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return (0, 0);
+    };
+    let mut total = (meta.blocks() * 512, meta.len());
+    if meta.is_dir() {
+        total = (0, 0);
+        if let Ok(dir) = std::fs::read_dir(p) {
+            for e in dir.flatten() {
+                let (a, b) = du(&e.path());
+                total.0 += a;
+                total.1 += b;
+            }
+        }
+    }
+    total
+}
+
+fn du_part(p: &Path, name: &str, counted: bool) -> (String, u64, u64, bool) {
+    let (alloc, apparent) = du(p);
+    (name.to_string(), alloc, apparent, counted)
+}
+
+/// Waits until the allocated size of `dir` has not changed for `quiet`, at most `limit`.
+fn wait_stable(dir: &Path, quiet: Duration, limit: Duration) {
+    let t = Instant::now();
+    let mut last = du(dir).0;
+    let mut since = Instant::now();
+    while t.elapsed() < limit && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = du(dir).0;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+}
+
+/// The process `program` that `pid` (strace) started. Matching the program matters:
+/// strace also forks short-lived children of its own (probing seccomp support).
+fn child_of(pid: u32, program: &OsStr) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let ppid: u32 = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        let argv0 = cmdline.split(|b| *b == 0).next()?;
+        (ppid == pid && argv0 == program.as_bytes()).then_some(p)
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Builds the release `argus` binary the benchmark runs, and returns its path.
+fn build_argus() -> Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "argus-coordinator",
+            "--bin",
+            "argus",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of argus failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/argus"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A directory removed when the bench ends, however it ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
