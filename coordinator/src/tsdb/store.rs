@@ -37,10 +37,13 @@
 //!    (a late write must not bring a dropped partition back). This is the logical state,
 //!    identical on every replica whatever the files look like;
 //! 2. every table whose keys all lie in dropped partitions is removed from the tree
-//!    without being rewritten (lsm-tree's `drop_range`; since keys lead with the
-//!    partition, and the store rotates the memtable when a newer partition starts, tables
-//!    mostly hold one partition each). fjall unlinks the files at its next version
-//!    cleanup (any memtable rotation, which the drop also requests);
+//!    without being rewritten (lsm-tree's `drop_range`). Keys lead with the partition and
+//!    data arrives in time order, so at volume (a memtable flush every few minutes, tables
+//!    of up to 64 MiB) a partition's data sits in tables of its own, apart from about one
+//!    table per level at each boundary. fjall unlinks the files at its next version
+//!    cleanup (any memtable rotation, which the drop also requests). The store does not
+//!    force a flush when a partition starts: measured, that stalls writes behind queued
+//!    flushes when partitions are short, and gains nothing at volume;
 //! 3. what remains of dropped partitions inside tables that also hold live data is
 //!    removed by a compaction filter whenever fjall compacts those tables.
 //!
@@ -92,6 +95,7 @@ const META_KEYSPACE: &str = "meta";
 const LAYOUT_KEYSPACE: &str = "layout";
 const LAYOUT_FORMAT_KEY: &[u8] = b"format";
 const KEY_LEN: usize = 24;
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// fjall's block compression for the store's keyspaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +120,12 @@ impl StoreConfig {
     /// Defaults for the given tiers: 32 MiB cache, LZ4, 50 M samples per read.
     ///
     /// LZ4 because a block holds more than bit-packed chunk payloads: 24-byte keys that
-    /// repeat the partition and series, value headers, and aggregate blocks whose columns
-    /// restart per block.
+    /// repeat the partition and series, value headers, aggregate blocks whose columns
+    /// restart per block, and chunks of constant series that repeat across series.
+    /// Measured on [`super::mix`]'s realistic mix (2,000 series, 960 k samples, flushed
+    /// and compacted): raw tables 1.79 bytes/sample without compression, 0.76 with LZ4
+    /// (the chunk payloads alone are 1.58); 5-minute windows 16.4 bytes each without,
+    /// 9.2 with.
     pub fn new(tiers: Tiers) -> Self {
         StoreConfig {
             tiers,
@@ -179,8 +187,8 @@ pub struct PartitionInfo {
 /// Bytes on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskUsage {
-    /// Every file under the store's directory: tables, journals, fjall's own metadata,
-    /// and removed tables fjall has not unlinked yet.
+    /// Every file under the store's directory (allocated bytes): tables, journals,
+    /// fjall's own metadata, and removed tables fjall has not unlinked yet.
     pub total: u64,
     /// Tables of the tier, metadata and layout keyspaces.
     pub tables: u64,
@@ -298,6 +306,10 @@ impl Store {
         let filter_cuts = Arc::clone(&cuts);
         let db = Database::builder(&dir)
             .cache_size(config.cache_bytes)
+            // fjall's smallest journal budget: a journal rotates at 64 MB and, once the
+            // sealed ones reach this, the memtables that pin them are flushed. The data
+            // is in tables anyway; this keeps the write-ahead tail from taking 512 MiB.
+            .max_journaling_size(JOURNAL_BYTES)
             .with_compaction_filter_factories(Arc::new(move |name: &str| {
                 let tier = filter_kinds.iter().position(|k| k == name)?;
                 Some(Arc::new(ExpiredFilterFactory {
@@ -682,10 +694,14 @@ impl Store {
             None => ks.tree.drop_range::<Vec<u8>, _>(..),
         };
         dropped.map_err(fjall::Error::from)?;
-        // fjall unlinks removed tables when it next cleans up versions, which a memtable
-        // rotation triggers; an empty memtable is not rotated (writes will do it soon).
-        ks.rotate_memtable()?;
-        Ok(before.saturating_sub(ks.disk_space()))
+        let removed = before.saturating_sub(ks.disk_space());
+        if removed > 0 {
+            // fjall unlinks removed tables when it next cleans up versions, which a
+            // memtable rotation triggers; an empty memtable is not rotated (the next
+            // writes will do it).
+            ks.rotate_memtable()?;
+        }
+        Ok(removed)
     }
 
     fn tier_index(&self, tier: u8) -> Result<usize, StoreError> {
@@ -888,16 +904,6 @@ impl Batch<'_> {
                 });
             }
         }
-        let mut rotated = vec![false; store.data.len()];
-        for (&(index, end), &(_, new)) in &self.touched {
-            // Time moved into a new partition: flush the memtable first, so tables hold
-            // one partition each and retention can remove them whole.
-            let newest = registry[index].keys().next_back().copied();
-            if new && !rotated[index] && newest.is_some_and(|n| n < end) {
-                store.data[index].rotate_memtable()?;
-                rotated[index] = true;
-            }
-        }
         self.batch.commit()?;
         for (&(index, end), &(span, new)) in &self.touched {
             if new {
@@ -1061,8 +1067,20 @@ fn parse_value(min_t: i64, value: &[u8]) -> Result<(i64, u64, &[u8]), String> {
     Ok((max_t, count, &value[pos..]))
 }
 
-/// Sum of file sizes under `dir`. Files removed while walking (compaction, a dropped
-/// partition) are skipped.
+/// Bytes allocated to the files under `dir` (fjall preallocates its journal as a sparse
+/// 64 MiB file, so the apparent size would overstate the disk in use). Files removed while
+/// walking (by a compaction) are skipped.
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks().saturating_mul(512)
+}
+
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
+
 fn dir_bytes(dir: &Path) -> Result<u64, StoreError> {
     let io = |source| StoreError::Io {
         path: dir.to_path_buf(),
@@ -1084,7 +1102,7 @@ fn dir_bytes(dir: &Path) -> Result<u64, StoreError> {
             };
             match entry.metadata() {
                 Ok(m) if m.is_dir() => pending.push(entry.path()),
-                Ok(m) => total += m.len(),
+                Ok(m) => total += allocated(&m),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(e)),
             }
