@@ -26,9 +26,8 @@
 //! **Why not one keyspace per partition**, which would make a drop a file deletion:
 //! measured with fjall 3.1.13, every keyspace created or deleted rewrites fjall's internal
 //! metadata tree into a new table, and the replaced tables stay on disk until the
-//! database is reopened: 47 MB after 3 simulated days of 15-minute partitions, 9 GB
-//! after 40, growing with the square of the number of partitions ever created. fjall's
-//! author also advises few keyspaces.
+//! database is reopened: 47 MB after 3 simulated days of 15-minute partitions, about
+//! 9 GB after 40, growing with the square of the number of partitions ever created.
 //!
 //! **Retention** ([`Store::drop_before`]) drops whole partitions, those ending at or
 //! before the cut, never part of one:

@@ -380,6 +380,11 @@ impl Tiers {
     /// Chooses the one tier that answers a range starting at `range_start_ms`: the finest
     /// tier allowed by `needs` whose retention still covers the range start. When none
     /// does, the allowed tier that reaches furthest back answers, with `complete: false`.
+    ///
+    /// An aggregate tier also ends early: its newest windows are written once sealed (the
+    /// out-of-order window, and up to one block, behind the newest sample). A caller that
+    /// completes the recent end from the raw tier or the head is mixing tiers and must
+    /// say so in its answer.
     pub fn tier_for(&self, range_start_ms: i64, now_ms: i64, needs: Needs) -> TierChoice {
         let limit_ms = match needs {
             Needs::Raw => Some(0),
