@@ -82,6 +82,7 @@ impl Default for LimitsSection {
 pub struct TsdbSection {
     pub chunk_samples: usize,
     pub out_of_order_window: HumanDuration,
+    pub checkpoint_interval: HumanDuration,
     pub checkpoint_entries: u64,
     pub checkpoint_samples: u64,
 }
@@ -92,6 +93,9 @@ impl Default for TsdbSection {
         TsdbSection {
             chunk_samples: h.chunk_samples,
             out_of_order_window: HumanDuration(Duration::from_millis(h.ooo_window_ms as u64)),
+            checkpoint_interval: HumanDuration(Duration::from_millis(
+                r.checkpoint_interval_ms as u64,
+            )),
             checkpoint_entries: r.checkpoint_entries,
             checkpoint_samples: r.checkpoint_samples,
         }
@@ -168,6 +172,7 @@ impl CoordinatorConfig {
             .head
             .validate()
             .map_err(|e| ("tsdb".to_string(), e.to_string()))?;
+        s.replica.checkpoint_interval_ms = self.tsdb.checkpoint_interval.0.as_millis() as i64;
         s.replica.checkpoint_entries = self.tsdb.checkpoint_entries.max(1);
         s.replica.checkpoint_samples = self.tsdb.checkpoint_samples.max(1);
         if !self.tiers.is_empty() {

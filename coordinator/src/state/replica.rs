@@ -2,7 +2,8 @@
 //! chunks written to the store, checkpoints taken (DESIGN §2).
 //!
 //! Durability lives in the log. The store is written without fsync; every
-//! `checkpoint_entries` entries or `checkpoint_samples` samples the replica writes
+//! `checkpoint_interval_ms` of leader time, `checkpoint_entries` entries or
+//! `checkpoint_samples` samples, whichever comes first, the replica writes
 //! the head, index and dedup state together with the applied index they cover, in one
 //! atomic store batch, and syncs it. Aggregate windows for the downsampled tiers are
 //! written the same way as sealed raw chunks. Only then may the log be compacted up to that
@@ -29,6 +30,8 @@ pub struct ReplicaConfig {
     pub limits: Limits,
     pub checkpoint_entries: u64,
     pub checkpoint_samples: u64,
+    /// Leader time between checkpoints, so a quiet node still bounds its replay.
+    pub checkpoint_interval_ms: i64,
     /// A series that received nothing for this long has its open chunk sealed, so
     /// ended series leave memory.
     pub seal_idle_ms: i64,
@@ -41,6 +44,7 @@ impl Default for ReplicaConfig {
             limits: Limits::default(),
             checkpoint_entries: 10_000,
             checkpoint_samples: 5_000_000,
+            checkpoint_interval_ms: 60_000,
             seal_idle_ms: 2 * 3_600_000,
         }
     }
@@ -66,6 +70,8 @@ pub struct Replica {
     config: ReplicaConfig,
     /// Index covered by the last synced checkpoint.
     checkpointed: u64,
+    /// Leader time of the last checkpoint.
+    checkpointed_at_ms: i64,
     since_checkpoint_entries: u64,
     since_checkpoint_samples: u64,
 }
@@ -80,12 +86,13 @@ impl Replica {
             }
             None => StateMachine::new(config.head, config.limits, store.tiers())?,
         };
-        let checkpointed = sm.applied();
+        let (checkpointed, checkpointed_at_ms) = (sm.applied(), sm.last_time_ms());
         Ok(Replica {
             state: Arc::new(RwLock::new(sm)),
             store,
             config,
             checkpointed,
+            checkpointed_at_ms,
             since_checkpoint_entries: 0,
             since_checkpoint_samples: 0,
         })
@@ -113,11 +120,14 @@ impl Replica {
 
     /// Writes the sealed chunks, and a checkpoint with them when one is due.
     fn persist(&mut self, force_checkpoint: bool) -> Result<(), ReplicaError> {
-        let due = force_checkpoint
+        let counted_due = force_checkpoint
             || self.since_checkpoint_entries >= self.config.checkpoint_entries
             || self.since_checkpoint_samples >= self.config.checkpoint_samples;
+        let checkpointed_at = self.checkpointed_at_ms;
+        let interval = self.config.checkpoint_interval_ms;
         let sealed = {
             let mut sm = self.write()?;
+            let due = counted_due || sm.last_time_ms() >= checkpointed_at.saturating_add(interval);
             sm.seal_idle(self.config.seal_idle_ms);
             let sealed = sm.take_sealed();
             let blocks = sm.take_blocks();
@@ -126,7 +136,7 @@ impl Replica {
             } else {
                 None
             };
-            (sealed, blocks, cp)
+            (sealed, blocks, cp.map(|c| (c, sm.last_time_ms())))
         };
         let (sealed, blocks, checkpoint) = sealed;
         if sealed.is_empty() && blocks.is_empty() && checkpoint.is_none() {
@@ -144,13 +154,14 @@ impl Replica {
         for b in &blocks {
             batch.block(b)?;
         }
-        if let Some(cp) = &checkpoint {
+        if let Some((cp, _)) = &checkpoint {
             batch.put_meta(CHECKPOINT_KEY, &encode_checkpoint(cp))?;
         }
         batch.commit()?;
-        if let Some(cp) = checkpoint {
+        if let Some((cp, at_ms)) = checkpoint {
             self.store.sync()?;
             self.checkpointed = cp.applied;
+            self.checkpointed_at_ms = at_ms;
             self.since_checkpoint_entries = 0;
             self.since_checkpoint_samples = 0;
             tracing::debug!(applied = cp.applied, "checkpoint synced");
