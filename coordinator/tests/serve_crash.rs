@@ -7,7 +7,8 @@
 //!   series is known exactly. Values mix decimal counters, arbitrary floats and
 //!   StaleNaN markers, whose bits must survive the log and the replay.
 //! - The main thread waits for load to flow, kills the server at a random moment
-//!   (seeded; the seed is printed and `ARGUS_CRASH_SEED` replays it), restarts it,
+//!   (seeded; the seed is printed and `ARGUS_CRASH_SEED` replays the kill delays, the
+//!   values and the resend choices; thread timing still varies), restarts it,
 //!   prints the replay time (start to `/ready`) and the Raft log size, and goes on.
 //!   A batch whose request failed because of the kill is resent after the restart or
 //!   abandoned (seeded coin): resending is what Prometheus does, and the dedup on
