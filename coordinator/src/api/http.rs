@@ -16,6 +16,7 @@ use argus_common::model::{MetricType, is_stale_nan};
 use argus_common::wire::RefuseReason;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -91,8 +92,26 @@ fn read_state(app: &AppState) -> Result<std::sync::RwLockReadGuard<'_, StateMach
 /// The remote-write receiver. Answers 204 once the push is committed and applied;
 /// samples already stored (a retried push) count as success, anything else refused
 /// gets a 400 naming the reasons, so the sender does not retry what can never land.
-async fn write(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     app.counters.write_requests.fetch_add(1, Relaxed);
+    // The body limit is enforced while reading; its refusal is counted like any other.
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "body_unreadable"
+            };
+            app.counters.refuse(reason, 1);
+            return plain(status, rejection.body_text());
+        }
+    };
     if let Some(token) = &app.write_token {
         let ok = headers
             .get(header::AUTHORIZATION)
