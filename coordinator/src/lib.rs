@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod query;
 pub mod server;
 pub mod state;
 pub mod tsdb;

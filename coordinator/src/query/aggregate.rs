@@ -1,0 +1,311 @@
+//! Aggregation operators with `by` / `without`.
+
+use std::collections::HashMap;
+
+use argus_common::model::{Labels, is_valid_label_name};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use super::engine::{Evaluator, StepRange, finish_names};
+use super::value::{METRIC_NAME, QueryError, Sample, Value};
+
+/// Neumaier's compensated addition, as Prometheus sums: returns the new sum and
+/// compensation, so large and small addends do not cancel each other out.
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Mean with Kahan summation, switching to an incremental mean on overflow, as
+/// Prometheus's `avg` and `avg_over_time` do.
+pub(crate) fn kahan_mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut c, mut n) = (0.0f64, 0.0f64, 0.0f64);
+    let mut incremental = false;
+    let mut mean = 0.0f64;
+    for v in values {
+        n += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            mean = sum / (n - 1.0);
+            c /= n - 1.0;
+        }
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        let cur = mean + c;
+        let (nm, nc) = kahan_inc(v / n - cur / n, mean, c);
+        mean = nm;
+        c = nc;
+    }
+    if n == 0.0 {
+        f64::NAN
+    } else if incremental {
+        mean + c
+    } else {
+        (sum + c) / n
+    }
+}
+
+/// Prometheus's `quantile`: linear interpolation between closest ranks; NaN sorts first.
+pub(crate) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(nan_first);
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+fn nan_first(a: &f64, b: &f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)` does.
+pub(crate) fn go_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f == f64::INFINITY {
+        "+Inf".into()
+    } else if f == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{f}")
+    }
+}
+
+pub(crate) fn group_key(labels: &Labels, m: Option<&LabelModifier>) -> Labels {
+    match m {
+        None => Labels::new(),
+        Some(LabelModifier::Include(by)) => Labels::from_pairs(
+            labels
+                .iter()
+                .filter(|(k, _)| by.labels.iter().any(|x| x == k)),
+        ),
+        Some(LabelModifier::Exclude(w)) => Labels::from_pairs(
+            labels
+                .iter()
+                .filter(|(k, _)| *k != METRIC_NAME && !w.labels.iter().any(|x| x == k)),
+        ),
+    }
+}
+
+pub(crate) fn eval_aggregate(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    r: &StepRange,
+) -> Result<Value, QueryError> {
+    let op = a.op.to_string();
+    let param = match &a.param {
+        Some(p) => Some(ev.eval(p, r)?),
+        None => None,
+    };
+    let Value::Vector(steps) = ev.eval(&a.expr, r)? else {
+        return Err(QueryError::exec(format!(
+            "expected instant vector in aggregation {op}"
+        )));
+    };
+    let modifier = a.modifier.as_ref();
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, samples) in steps.into_iter().enumerate() {
+        let samples = finish_names(samples)?;
+        let scalar_param = match &param {
+            Some(Value::Scalar(v)) => v.get(i).copied(),
+            _ => None,
+        };
+        let res = match op.as_str() {
+            "topk" | "bottomk" | "limitk" => {
+                let k = scalar_param.unwrap_or(f64::NAN);
+                if k.is_nan() {
+                    return Err(QueryError::exec("Parameter value is NaN"));
+                }
+                let k = if k >= 9.0e18 {
+                    usize::MAX
+                } else if k < 1.0 {
+                    0
+                } else {
+                    k as usize
+                };
+                select_k(&op, k, samples, modifier)
+            }
+            "limit_ratio" => {
+                let ratio = scalar_param.unwrap_or(f64::NAN);
+                if ratio.is_nan() {
+                    return Err(QueryError::exec("Ratio value is NaN"));
+                }
+                let ratio = ratio.clamp(-1.0, 1.0);
+                samples
+                    .into_iter()
+                    .filter(|s| {
+                        let off = label_hash(&s.labels) as f64 / u64::MAX as f64;
+                        if ratio >= 0.0 {
+                            off < ratio
+                        } else {
+                            off >= 1.0 + ratio
+                        }
+                    })
+                    .collect()
+            }
+            "count_values" => {
+                let Some(Value::Str(label)) = &param else {
+                    return Err(QueryError::exec("count_values needs a string parameter"));
+                };
+                if !is_valid_label_name(label) {
+                    return Err(QueryError::exec(format!("invalid label name {label:?}")));
+                }
+                let mut idx: HashMap<Labels, usize> = HashMap::new();
+                let mut res: Vec<Sample> = Vec::new();
+                for s in samples {
+                    let mut key = group_key(&s.labels, modifier);
+                    key.set(label.clone(), go_float(s.f));
+                    let j = *idx.entry(key.clone()).or_insert_with(|| {
+                        res.push(Sample {
+                            labels: key,
+                            f: 0.0,
+                            t: s.t,
+                            drop_name: false,
+                        });
+                        res.len() - 1
+                    });
+                    res[j].f += 1.0;
+                }
+                res
+            }
+            _ => {
+                let mut idx: HashMap<Labels, usize> = HashMap::new();
+                let mut groups: Vec<(Labels, Vec<f64>)> = Vec::new();
+                for s in samples {
+                    let key = group_key(&s.labels, modifier);
+                    let j = *idx.entry(key.clone()).or_insert_with(|| {
+                        groups.push((key, Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[j].1.push(s.f);
+                }
+                let mut res = Vec::with_capacity(groups.len());
+                for (labels, vals) in groups {
+                    let f = match op.as_str() {
+                        "sum" => {
+                            let (mut s, mut c) = (0.0, 0.0);
+                            for v in &vals {
+                                (s, c) = kahan_inc(*v, s, c);
+                            }
+                            s + c
+                        }
+                        "avg" => kahan_mean(vals.iter().copied()),
+                        "count" => vals.len() as f64,
+                        "group" => 1.0,
+                        "min" => vals
+                            .iter()
+                            .skip(1)
+                            .fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
+                        "max" => vals
+                            .iter()
+                            .skip(1)
+                            .fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
+                        "stddev" | "stdvar" => {
+                            let (mut n, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+                            for &v in &vals {
+                                n += 1.0;
+                                let d = v - mean;
+                                mean += d / n;
+                                m2 += d * (v - mean);
+                            }
+                            let var = m2 / n;
+                            if op == "stddev" { var.sqrt() } else { var }
+                        }
+                        "quantile" => quantile(scalar_param.unwrap_or(f64::NAN), vals),
+                        other => {
+                            return Err(QueryError::exec(format!(
+                                "unsupported aggregation {other}"
+                            )));
+                        }
+                    };
+                    res.push(Sample {
+                        labels,
+                        f,
+                        t: 0,
+                        drop_name: false,
+                    });
+                }
+                res
+            }
+        };
+        out.push(res);
+    }
+    Ok(Value::Vector(out))
+}
+
+/// FNV-1a over the labels: a stable per-series number for `limit_ratio`.
+fn label_hash(l: &Labels) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for (k, v) in l.iter() {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+fn select_k(op: &str, k: usize, samples: Vec<Sample>, m: Option<&LabelModifier>) -> Vec<Sample> {
+    let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<Vec<Sample>> = Vec::new();
+    for s in samples {
+        let key = group_key(&s.labels, m);
+        let j = *idx.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[j].push(s);
+    }
+    let mut out = Vec::new();
+    for mut g in groups {
+        match op {
+            "topk" => g.sort_by(|a, b| nan_first(&b.f, &a.f)),
+            "bottomk" => g.sort_by(|a, b| {
+                // NaN sorts last for bottomk as well.
+                match (a.f.is_nan(), b.f.is_nan()) {
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ => a.f.partial_cmp(&b.f).unwrap_or(std::cmp::Ordering::Equal),
+                }
+            }),
+            _ => {}
+        }
+        g.truncate(k);
+        out.extend(g);
+    }
+    out
+}
