@@ -13,31 +13,44 @@
 //! sends its samples in time order, `ARGUS_BENCH_BATCH` samples per request (default
 //! 2,000, Prometheus's `max_samples_per_send`), one `TimeSeries` per sample, one request
 //! in flight per shard, retrying 5xx and 429. The bodies are encoded once, before
-//! either server starts, and the same bytes go to both:
+//! either server starts, and the same bytes go to both, one server after the other:
 //!
 //! - `argus serve` (release build) through the full path: decode, propose, Raft log
 //!   fsync, apply, answer;
 //! - Debian's `victoria-metrics` on `/api/v1/write`.
 //!
-//! For each it prints samples/s appended (first request to last 2xx), the server's CPU,
-//! fsyncs per second and fsync p99, and bytes per sample on disk after compaction. Argus's
-//! figures come from its `/metrics` (`argus_raft_fsyncs_total`,
-//! `argus_raft_fsync_duration_seconds`); with `strace` installed both servers also run
-//! under `strace -f --seccomp-bpf -T` (only fsync, fdatasync and sync_file_range stop the
-//! tracee), which counts every fsync of every file, the same way for both
-//! (`ARGUS_BENCH_STRACE=0` turns it off). Disk: Argus is stopped with SIGTERM and its data
-//! directory measured (the Raft log, compacted only up to the last synced checkpoint, and
-//! the store, apart and together); VictoriaMetrics gets `/internal/force_flush` and
-//! `/internal/force_merge`, is stopped once no merge is running, and its `data` and
-//! `indexdb` are measured (its `cache` directory is printed but not counted: it is
-//! rebuilt when missing). Then the ratios against the targets: bytes per sample
-//! Argus/VM ≤ 1.0 and throughput Argus/VM ≥ 0.5.
+//! Printed for each: samples/s appended (first request to last 2xx), the server's CPU
+//! and peak RSS, fsyncs per second and fsync p99, and bytes per sample on disk.
 //!
-//! A reference line gives the chunk codec alone (no server) on the same samples, per
-//! shape, in 120-sample chunks.
+//! - **fsyncs.** Argus's come from its `/metrics` (`argus_raft_fsyncs_total` and the
+//!   `argus_raft_fsync_duration_seconds` histogram). VictoriaMetrics keeps no fsync
+//!   metrics, so it runs under `strace -f --seccomp-bpf -ttt -T` (only fsync, fdatasync
+//!   and sync_file_range stop it), which gives every call and its duration.
+//!   `ARGUS_BENCH_STRACE=2` traces Argus the same way, but that slows Argus down: its
+//!   fsync is on the path of every answer, and each traced call waits for strace to be
+//!   scheduled. `ARGUS_BENCH_STRACE=0` traces neither.
+//! - **Disk.** VictoriaMetrics gets `/internal/force_flush` and `/internal/force_merge`,
+//!   is stopped with SIGTERM once no merge runs, and its `data` and `indexdb` are counted
+//!   (`cache` is printed but not counted: it is rebuilt when missing). Argus is stopped
+//!   with SIGTERM and measured as it left its directory; having no "compact now"
+//!   endpoint, its two fjall databases are then flushed and major-compacted offline by
+//!   the bench (`Store::flush_and_compact`, and the same for the log's keyspaces) and
+//!   measured again, journals and tables apart. The Raft log is compacted only up to the
+//!   last synced checkpoint, so its size swings between nothing and a checkpoint
+//!   interval of entries; its steady-state size is taken as its mean size during the
+//!   load (sampled twice a second).
+//!
+//! Then the ratios against the targets: bytes per sample Argus/VM ≤ 1.0 (Argus: store
+//! compacted + the log at its mean size; other ways of counting are printed below it)
+//! and throughput Argus/VM ≥ 0.5. A reference line gives the chunk codec alone (no
+//! server, no index) on the same samples, per shape, in 120-sample chunks.
+//!
+//! Other knobs: `ARGUS_BENCH_ONLY=argus|vm` runs one server; `ARGUS_BENCH_KEEP=1` keeps
+//! the data directories; `ARGUS_BENCH_PERF=<file>` records a `perf` profile (DWARF call
+//! graphs) of `argus serve` during the load.
 //!
 //! Run: `cargo bench -p argus-benches --bench tsdb_compression`
-//! (needs `apt-get install victoria-metrics`; `strace` is optional).
+//! (needs `apt-get install victoria-metrics`; `strace` and `perf` are optional).
 
 use anyhow::{Context, Result, bail};
 use argus_coordinator::api::remote_write::{
@@ -46,6 +59,8 @@ use argus_coordinator::api::remote_write::{
 };
 use argus_coordinator::tsdb::chunk;
 use argus_coordinator::tsdb::mix::{self, SeriesSpec, Shape};
+use argus_coordinator::tsdb::store::{Store, StoreConfig};
+use argus_coordinator::tsdb::tier::Tiers;
 use argus_testkit::proc;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -76,7 +91,13 @@ fn main() -> Result<()> {
     let series = env_usize("ARGUS_BENCH_SERIES", 5_000).max(1);
     let senders = env_usize("ARGUS_BENCH_SENDERS", 16).max(1);
     let batch = env_usize("ARGUS_BENCH_BATCH", 2_000).max(1);
-    let use_strace = env_usize("ARGUS_BENCH_STRACE", 1) != 0 && which("strace").is_some();
+    // 0: no strace; 1: VictoriaMetrics only (it keeps no fsync metrics of its own); 2: both.
+    let strace_mode = if which("strace").is_some() {
+        env_usize("ARGUS_BENCH_STRACE", 1)
+    } else {
+        0
+    };
+    let only = std::env::var("ARGUS_BENCH_ONLY").unwrap_or_default();
     if !Path::new(VM_BIN).exists() {
         println!(
             "tsdb_compression: {VM_BIN} not found; install it with `apt-get install victoria-metrics` and run again"
@@ -93,24 +114,46 @@ fn main() -> Result<()> {
     let requests = load.requests(senders, batch)?;
     let body_bytes: usize = requests.iter().flatten().map(|r| r.body.len()).sum();
     let n_requests: usize = requests.iter().map(Vec::len).sum();
+    let distinct: usize = requests.iter().flatten().map(|r| r.series).sum();
     println!(
-        "requests: {n_requests} ({senders} senders, {batch} samples each, one TimeSeries per sample), {:.1} MB of snappy bodies; workload built in {:.1} s",
+        "requests: {n_requests} ({senders} senders, {batch} samples each, one TimeSeries per sample as Prometheus sends them, {:.0} distinct series per request on average), {:.1} MB of snappy bodies; workload built in {:.1} s",
+        distinct as f64 / n_requests as f64,
         body_bytes as f64 / 1e6,
         t_gen.elapsed().as_secs_f64()
     );
-    if !use_strace {
-        println!(
-            "strace: off (not installed or ARGUS_BENCH_STRACE=0); fsyncs of all files not counted"
-        );
+    match strace_mode {
+        0 => println!(
+            "strace: off (not installed, or ARGUS_BENCH_STRACE=0): no fsync figures for VictoriaMetrics"
+        ),
+        1 => println!(
+            "strace: on VictoriaMetrics only (ARGUS_BENCH_STRACE=2 traces argus too, which slows it: its fsync is on the answer path)"
+        ),
+        _ => println!("strace: on both servers"),
     }
-
-    println!("\n--- argus serve ---");
-    let argus = run_argus(&argus_bin, &work.0.join("argus"), &requests, use_strace)?;
-    println!("\n--- victoria-metrics ---");
-    let vm = run_vm(&work.0.join("vm"), &requests, use_strace)?;
-
+    let mut runs = Vec::new();
+    if only != "vm" {
+        println!("\n--- argus serve ---");
+        let dir = work.0.join("argus");
+        runs.push((
+            "argus",
+            run_argus(&argus_bin, &dir, &requests, strace_mode >= 2)?,
+        ));
+    }
+    if only != "argus" {
+        println!("\n--- victoria-metrics ---");
+        let dir = work.0.join("vm");
+        runs.push((
+            "victoria-metrics",
+            run_vm(&dir, &requests, strace_mode >= 1)?,
+        ));
+    }
     println!();
-    report(&load, senders, batch, &argus, &vm);
+    let runs: Vec<(&str, &RunResult)> = runs.iter().map(|(n, r)| (*n, r)).collect();
+    report(&load, senders, batch, &runs);
+    if env_usize("ARGUS_BENCH_KEEP", 0) != 0 {
+        println!("data kept in {}", work.0.display());
+        std::mem::forget(work);
+    }
     Ok(())
 }
 
@@ -135,6 +178,8 @@ struct Workload {
 struct Request {
     body: Vec<u8>,
     samples: usize,
+    /// Distinct series among the samples (each sample still carries its labels).
+    series: usize,
 }
 
 impl Workload {
@@ -304,9 +349,13 @@ impl Workload {
                         .collect(),
                     metadata: Vec::new(),
                 };
+                let mut ids: Vec<u32> = part.iter().map(|p| p.1).collect();
+                ids.sort_unstable();
+                ids.dedup();
                 Ok(Request {
                     body: encode_body(&req)?,
                     samples: part.len(),
+                    series: ids.len(),
                 })
             })
             .collect()
@@ -376,8 +425,13 @@ struct RunResult {
     own_fsyncs: Option<(u64, f64, f64)>,
     /// Every sync call of every file, from strace.
     traced: Option<Traced>,
-    /// Parts of the data directory (allocated bytes, apparent bytes), and which count.
-    disk: Vec<(String, u64, u64, bool)>,
+    /// Parts of the data directory as the server left it: (name, allocated bytes,
+    /// apparent bytes, counted).
+    disk: Vec<DiskPart>,
+    /// Sizes sampled during the load: (name, mean allocated bytes, max).
+    during: Vec<(String, f64, u64)>,
+    /// The same after the bench compacted it offline (Argus, which has no endpoint for it).
+    disk_compacted: Option<Vec<DiskPart>>,
     /// Samples the server says it stored.
     stored: Option<f64>,
     notes: Vec<String>,
@@ -386,9 +440,16 @@ struct RunResult {
 /// Sync calls strace saw in the load window: count by call name, and every duration (s).
 type Traced = (BTreeMap<String, u64>, Vec<f64>);
 
+type DiskPart = (String, u64, u64, bool);
+
+fn counted(parts: &[DiskPart]) -> u64 {
+    parts.iter().filter(|d| d.3).map(|d| d.1).sum()
+}
+
 impl RunResult {
-    fn counted_disk(&self) -> u64 {
-        self.disk.iter().filter(|d| d.3).map(|d| d.1).sum()
+    /// Counted bytes after compaction: what the ratio compares.
+    fn final_disk(&self) -> u64 {
+        counted(self.disk_compacted.as_deref().unwrap_or(&self.disk))
     }
 }
 
@@ -405,7 +466,32 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
         .env("RUST_LOG", "warn");
     let mut server = Server::start(cmd, dir, port, "/ready", strace)?;
     let before = Metrics::scrape(port)?;
-    let mut r = drive(&mut server, requests)?;
+    // ARGUS_BENCH_PERF=<file>: a CPU profile of the server during the load, call graphs
+    // from DWARF (the release build keeps line tables, not frame pointers).
+    let perf = match std::env::var_os("ARGUS_BENCH_PERF") {
+        Some(out) => Some(
+            Command::new("perf")
+                .args(["record", "-F", "199", "--call-graph", "dwarf,16384", "-o"])
+                .arg(&out)
+                .arg("-p")
+                .arg(server.pid.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting perf record")?,
+        ),
+        None => None,
+    };
+    let watch = [
+        ("raft log", data.join("raft")),
+        ("store", data.join("tsdb")),
+    ];
+    let mut r = drive(&mut server, requests, &watch)?;
+    if let Some(mut perf) = perf {
+        // SAFETY: kill has no memory preconditions; perf is our child.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        let _ = perf.wait();
+    }
     let after = Metrics::scrape(port)?;
     let fsyncs = after.get("argus_raft_fsyncs_total") - before.get("argus_raft_fsyncs_total");
     let secs =
@@ -440,19 +526,77 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
     r.notes
         .push(format!("argus: stopped with SIGTERM in {stop:.1} s"));
     r.traced = server.traced()?;
-    r.disk = vec![
-        du_part(&data.join("raft"), "raft log (since last checkpoint)", true),
-        du_part(
-            &data.join("tsdb"),
-            "store (chunks, index, checkpoint)",
-            true,
-        ),
-    ];
-    let other = du(&data)
-        .0
-        .saturating_sub(r.disk.iter().map(|d| d.1).sum::<u64>());
-    r.disk.push(("other".into(), other, other, true));
+    r.disk = argus_disk(&data);
+    // Argus has no "compact now" endpoint, so the analogue of VictoriaMetrics's force
+    // merge is done offline: flush every memtable and major-compact both databases.
+    let t = Instant::now();
+    let tables = compact_argus_offline(&data)?;
+    r.notes.push(format!(
+        "argus: offline flush + major compaction of the log and the store took {:.1} s; store tables after it: {tables}",
+        t.elapsed().as_secs_f64()
+    ));
+    r.disk_compacted = Some(argus_disk(&data));
     Ok(r)
+}
+
+/// Each fjall database split into its journals (`*.jnl`, the write-ahead tail, kept
+/// until fjall rotates them) and the rest (tables, manifests).
+fn argus_disk(data: &Path) -> Vec<DiskPart> {
+    let mut parts = Vec::new();
+    for (db, name) in [("raft", "raft log"), ("tsdb", "store")] {
+        let dir = data.join(db);
+        let (mut journal_alloc, mut journal_len) = (0, 0);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "jnl") {
+                let (a, l) = du(&e.path());
+                journal_alloc += a;
+                journal_len += l;
+            }
+        }
+        let (alloc, len) = du(&dir);
+        parts.push((
+            format!("{name} tables"),
+            alloc.saturating_sub(journal_alloc),
+            len.saturating_sub(journal_len),
+            true,
+        ));
+        parts.push((format!("{name} journal"), journal_alloc, journal_len, true));
+    }
+    let other = du(data).0.saturating_sub(parts.iter().map(|d| d.1).sum());
+    parts.push(("other".into(), other, other, true));
+    parts
+}
+
+/// What `Store::flush_and_compact` does for the store, and the same fjall calls on the
+/// log's two keyspaces (names as `FjallLogStorage` opens them).
+fn compact_argus_offline(data: &Path) -> Result<String> {
+    let tiers = Tiers::argus_defaults();
+    let store = Store::open(data.join("tsdb"), StoreConfig::new(tiers.clone()))?;
+    store.flush_and_compact()?;
+    let usage = store.disk_usage()?;
+    drop(store);
+    let db = fjall::Database::builder(data.join("raft")).open()?;
+    for name in ["raft_entries", "raft_meta"] {
+        let ks = db.keyspace(name, fjall::KeyspaceCreateOptions::default)?;
+        ks.rotate_memtable_and_wait()?;
+        ks.major_compact()?;
+    }
+    let mut parts: Vec<String> = tiers
+        .iter()
+        .zip(&usage.per_tier)
+        .map(|((_, t), bytes)| {
+            let step = t
+                .step_ms()
+                .map_or("raw".into(), |s| format!("{} s step", s / 1000));
+            format!("{step} {:.2} MB", *bytes as f64 / 1e6)
+        })
+        .collect();
+    let meta = usage.tables.saturating_sub(usage.per_tier.iter().sum());
+    parts.push(format!(
+        "index, metadata and checkpoint {:.2} MB",
+        meta as f64 / 1e6
+    ));
+    Ok(parts.join(", "))
 }
 
 fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
@@ -464,7 +608,11 @@ fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResu
         .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
         .arg("-retentionPeriod=1");
     let mut server = Server::start(cmd, dir, port, "/health", strace)?;
-    let mut r = drive(&mut server, requests)?;
+    let watch = [
+        ("data", data.join("data")),
+        ("indexdb", data.join("indexdb")),
+    ];
+    let mut r = drive(&mut server, requests, &watch)?;
     // Flush the in-memory parts, merge everything, and wait until no merge runs.
     let t = Instant::now();
     http_get(port, "/internal/force_flush")?;
@@ -502,8 +650,13 @@ fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResu
     Ok(r)
 }
 
-/// Sends every shard's requests from its own thread, one in flight each.
-fn drive(server: &mut Server, requests: &[Vec<Request>]) -> Result<RunResult> {
+/// Sends every shard's requests from its own thread, one in flight each, while a monitor
+/// samples the allocated size of each of `watch` twice a second.
+fn drive(
+    server: &mut Server,
+    requests: &[Vec<Request>],
+    watch: &[(&str, PathBuf)],
+) -> Result<RunResult> {
     let pid = server.pid;
     let Some(cpu0) = proc::cpu_seconds(pid) else {
         bail!("server (pid {pid}) exited: {}", server.log_tail());
@@ -513,11 +666,25 @@ fn drive(server: &mut Server, requests: &[Vec<Request>]) -> Result<RunResult> {
     let results = Mutex::new(Vec::new());
     let failed = AtomicBool::new(false);
     server.window_start = Some(SystemTime::now());
+    let done = AtomicBool::new(false);
+    let during = Mutex::new(vec![Vec::new(); watch.len()]);
     std::thread::scope(|scope| {
+        let (done, during) = (&done, &during);
+        scope.spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                if let Ok(mut d) = during.lock() {
+                    for (i, (_, dir)) in watch.iter().enumerate() {
+                        d[i].push(du(dir).0);
+                    }
+                }
+            }
+        });
+        let mut senders = Vec::new();
         for shard in requests {
             let (first, last_ok, results, failed) = (&first, &last_ok, &results, &failed);
             let port = server.port;
-            scope.spawn(move || {
+            senders.push(scope.spawn(move || {
                 let mut conn = Conn::new(port);
                 let mut ok = 0usize;
                 let mut failures = 0usize;
@@ -572,8 +739,12 @@ fn drive(server: &mut Server, requests: &[Vec<Request>]) -> Result<RunResult> {
                 if let Ok(mut r) = results.lock() {
                     r.push((ok, failures, first_failure, retries));
                 }
-            });
+            }));
         }
+        for s in senders {
+            let _ = s.join();
+        }
+        done.store(true, Ordering::Relaxed);
     });
     server.window_end = Some(SystemTime::now());
     let cpu = proc::cpu_seconds(pid).context("server exited during the load")? - cpu0;
@@ -586,10 +757,19 @@ fn drive(server: &mut Server, requests: &[Vec<Request>]) -> Result<RunResult> {
         (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
         _ => bail!("no request succeeded; server log: {}", server.log_tail()),
     };
+    let during = during.into_inner().unwrap_or_default();
     let mut r = RunResult {
         wall,
         cpu,
         peak_rss_mb,
+        during: watch
+            .iter()
+            .zip(during)
+            .map(|((name, _), sizes)| {
+                let mean = sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64;
+                (name.to_string(), mean, sizes.into_iter().max().unwrap_or(0))
+            })
+            .collect(),
         ..Default::default()
     };
     for (ok, failures, first_failure, retries) in results.into_inner().unwrap_or_default() {
@@ -787,43 +967,34 @@ fn parse_strace(text: &str, from: f64, to: f64) -> Traced {
 // Report
 // ---------------------------------------------------------------------------------
 
-fn report(load: &Workload, senders: usize, batch: usize, a: &RunResult, v: &RunResult) {
+fn report(load: &Workload, senders: usize, batch: usize, runs: &[(&str, &RunResult)]) {
     println!(
-        "tsdb_compression: {} samples, {} series, {senders} senders x {batch} samples per request, same bodies to both",
+        "tsdb_compression: {} samples, {} series, {senders} senders x {batch} samples per request, same bodies to each server",
         load.total,
         load.series.len()
     );
-    println!("{:<44} {:>16} {:>16}", "", "argus", "victoria-metrics");
-    let row = |name: &str, a: String, v: String| println!("{name:<44} {a:>16} {v:>16}");
     let f = |x: f64, p: usize| format!("{x:.p$}");
-    row(
-        "samples acknowledged (2xx)",
-        a.samples_ok.to_string(),
-        v.samples_ok.to_string(),
-    );
-    row(
-        "samples stored (server's own counter)",
-        a.stored.map_or("-".into(), |s| f(s, 0)),
-        v.stored.map_or("-".into(), |s| f(s, 0)),
-    );
-    row(
-        "requests failed / retried",
-        format!("{} / {}", a.requests_failed, a.retries),
-        format!("{} / {}", v.requests_failed, v.retries),
-    );
-    row(
-        "wall s (first request to last 2xx)",
-        f(a.wall, 2),
-        f(v.wall, 2),
-    );
+    let row = |name: &str, cell: &dyn Fn(&RunResult) -> String| {
+        let cells: String = runs
+            .iter()
+            .map(|(_, r)| format!(" {:>16}", cell(r)))
+            .collect();
+        println!("{name:<44}{cells}");
+    };
+    let names: String = runs.iter().map(|(n, _)| format!(" {n:>16}")).collect();
+    println!("{:<44}{names}", "");
+    row("samples acknowledged (2xx)", &|r| r.samples_ok.to_string());
+    row("samples stored (server's own counter)", &|r| {
+        r.stored.map_or("-".into(), |s| f(s, 0))
+    });
+    row("requests failed / retried", &|r| {
+        format!("{} / {}", r.requests_failed, r.retries)
+    });
+    row("wall s (first request to last 2xx)", &|r| f(r.wall, 2));
     let tput = |r: &RunResult| r.samples_ok as f64 / r.wall;
-    row("samples/s appended", f(tput(a), 0), f(tput(v), 0));
-    row("server cpu s during the load", f(a.cpu, 2), f(v.cpu, 2));
-    row(
-        "server peak RSS MB",
-        f(a.peak_rss_mb, 1),
-        f(v.peak_rss_mb, 1),
-    );
+    row("samples/s appended", &|r| f(tput(r), 0));
+    row("server cpu s during the load", &|r| f(r.cpu, 2));
+    row("server peak RSS MB", &|r| f(r.peak_rss_mb, 1));
     let own = |r: &RunResult, what: usize| match r.own_fsyncs {
         Some((n, mean, p99)) => match what {
             0 => f(n as f64 / r.wall, 1),
@@ -832,13 +1003,9 @@ fn report(load: &Workload, senders: usize, batch: usize, a: &RunResult, v: &RunR
         },
         None => "n/a".into(),
     };
-    row("fsyncs/s, server's own (Raft log)", own(a, 0), own(v, 0));
-    row("fsync mean ms, server's own", own(a, 1), own(v, 1));
-    row(
-        "fsync p99 ms, server's own (histogram)",
-        own(a, 2),
-        own(v, 2),
-    );
+    row("fsyncs/s, server's own (Raft log)", &|r| own(r, 0));
+    row("fsync mean ms, server's own", &|r| own(r, 1));
+    row("fsync p99 ms, server's own (histogram)", &|r| own(r, 2));
     let traced = |r: &RunResult, what: usize| match &r.traced {
         Some((calls, durs)) => match what {
             0 => f(calls.values().sum::<u64>() as f64 / r.wall, 1),
@@ -852,50 +1019,109 @@ fn report(load: &Workload, senders: usize, batch: usize, a: &RunResult, v: &RunR
         },
         None => "n/a".into(),
     };
-    row(
-        "sync calls/s, strace (all files)",
-        traced(a, 0),
-        traced(v, 0),
+    row("sync calls/s, strace (all files)", &|r| traced(r, 0));
+    row("sync p50 ms, strace", &|r| traced(r, 1));
+    row("sync p99 ms, strace", &|r| traced(r, 2));
+    row("sync calls by name, strace", &|r| traced(r, 3));
+    println!(
+        "disk (du: allocated MB, apparent MB, allocated bytes per sample; Argus as left by SIGTERM, then compacted offline; VictoriaMetrics after force flush + force merge and SIGTERM):"
     );
-    row("sync p50 ms, strace", traced(a, 1), traced(v, 1));
-    row("sync p99 ms, strace", traced(a, 2), traced(v, 2));
-    row("sync calls by name, strace", traced(a, 3), traced(v, 3));
-    println!("disk after compaction and a clean stop (du, allocated / apparent):");
-    for (who, r) in [("argus", a), ("victoria-metrics", v)] {
-        for (part, alloc, apparent, counted) in &r.disk {
+    for (who, r) in runs {
+        let stages = [
+            ("", Some(&r.disk)),
+            ("compacted", r.disk_compacted.as_ref()),
+        ];
+        for (stage, parts) in stages {
+            for (part, alloc, apparent, counted) in parts.into_iter().flatten() {
+                let name = if stage.is_empty() {
+                    part.clone()
+                } else {
+                    format!("{part}, {stage}")
+                };
+                println!(
+                    "  {who:<17} {name:<45} {:>9.2} {:>9.2} {:>8.3}{}",
+                    *alloc as f64 / 1e6,
+                    *apparent as f64 / 1e6,
+                    *alloc as f64 / load.total as f64,
+                    if *counted { "" } else { "  (not counted)" }
+                );
+            }
+        }
+    }
+    let per_sample = |bytes: u64| bytes as f64 / load.total as f64;
+    row("bytes/sample on disk, as left at stop", &|r| {
+        f(per_sample(counted(&r.disk)), 3)
+    });
+    row("bytes/sample on disk, after compaction", &|r| {
+        f(per_sample(r.final_disk()), 3)
+    });
+    let store_only = |r: &RunResult| {
+        let parts = r.disk_compacted.as_ref()?;
+        Some(per_sample(
+            parts
+                .iter()
+                .filter(|d| d.0.starts_with("store"))
+                .map(|d| d.1)
+                .sum(),
+        ))
+    };
+    row("bytes/sample, store alone, compacted", &|r| {
+        store_only(r).map_or("-".into(), |b| f(b, 3))
+    });
+    for (who, r) in runs {
+        for (name, mean, max) in &r.during {
             println!(
-                "  {who:<17} {part:<36} {:>10.2} MB {:>10.2} MB {:>7.3} B/sample{}",
-                *alloc as f64 / 1e6,
-                *apparent as f64 / 1e6,
-                *alloc as f64 / load.total as f64,
-                if *counted { "" } else { "  (not counted)" }
+                "{who}: {name} during the load: mean {:.1} MB, max {:.1} MB",
+                mean / 1e6,
+                *max as f64 / 1e6
             );
         }
     }
-    let bps = |r: &RunResult| r.counted_disk() as f64 / load.total as f64;
-    row(
-        "bytes/sample on disk, counted total",
-        f(bps(a), 3),
-        f(bps(v), 3),
-    );
-    if let Some(store) = a.disk.iter().find(|d| d.0.starts_with("store")) {
-        println!(
-            "argus store alone (without the log): {:.3} bytes/sample",
-            store.1 as f64 / load.total as f64
-        );
+    for (_, r) in runs {
+        for n in &r.notes {
+            println!("{n}");
+        }
     }
-    for n in a.notes.iter().chain(&v.notes) {
-        println!("{n}");
-    }
+    let [(_, a), (_, v)] = runs else {
+        return;
+    };
     if v.traced.is_none() {
         println!(
             "vm fsync p99: n/a: VictoriaMetrics keeps no fsync metrics and strace was not used"
         );
     }
+    let vm_bps = per_sample(v.final_disk());
+    // The log's steady-state size: its mean size over the load (a log compacted right
+    // after a checkpoint holds nothing, one just before holds a whole checkpoint interval).
+    let log_mean = a.during.iter().find(|d| d.0 == "raft log").map(|d| d.1);
+    if let (Some(log), Some(store)) = (log_mean, store_only(a)) {
+        println!(
+            "ratio bytes/sample argus / victoria-metrics   = {:.2}  (target <= 1.0; argus: store compacted + raft log at its mean size during the load; vm: force-merged data + indexdb)",
+            (store + per_sample(log as u64)) / vm_bps
+        );
+    }
     println!(
-        "ratio bytes/sample argus / victoria-metrics   = {:.2}  (target <= 1.0)",
-        bps(a) / bps(v)
+        "      argus as left at stop / vm              = {:.2}",
+        per_sample(counted(&a.disk)) / vm_bps
     );
+    println!(
+        "      argus store + log both compacted / vm   = {:.2}",
+        per_sample(a.final_disk()) / vm_bps
+    );
+    if let Some(store) = store_only(a) {
+        println!(
+            "      argus store alone, compacted / vm       = {:.2}",
+            store / vm_bps
+        );
+    }
+    if let Some(parts) = &a.disk_compacted
+        && let Some(tables) = parts.iter().find(|d| d.0 == "store tables")
+    {
+        println!(
+            "      argus store tables alone (no journal) / vm = {:.2}",
+            per_sample(tables.1) / vm_bps
+        );
+    }
     println!(
         "ratio throughput   argus / victoria-metrics   = {:.2}  (target >= 0.5)",
         tput(a) / tput(v)
