@@ -466,7 +466,21 @@ fn run_file(path: &Path, tally: &mut Tally) -> (usize, usize, usize) {
                     continue;
                 };
                 match expand_values(rest) {
-                    Ok(vals) if !nhcb => {
+                    Ok(vals) => {
+                        if nhcb {
+                            // Prometheus also loads a native histogram with custom
+                            // buckets under the base name; queries on it are skipped.
+                            let mut h = labels.clone();
+                            h.remove("le");
+                            if let Some(n) = h.get("__name__").map(str::to_string) {
+                                for suffix in ["_bucket", "_count", "_sum"] {
+                                    if let Some(b) = n.strip_suffix(suffix) {
+                                        h.set("__name__", b);
+                                    }
+                                }
+                            }
+                            hist.add(h, std::iter::empty());
+                        }
                         let pts: Vec<(i64, f64)> = vals
                             .iter()
                             .enumerate()
@@ -474,7 +488,6 @@ fn run_file(path: &Path, tally: &mut Tally) -> (usize, usize, usize) {
                             .collect();
                         store.add(labels, pts);
                     }
-                    Ok(_) => hist.add(labels, std::iter::empty()),
                     Err(_) => {
                         // Native histograms: float values of the same line are not loaded
                         // either; queries touching the series are skipped.
@@ -512,12 +525,12 @@ fn run_file(path: &Path, tally: &mut Tally) -> (usize, usize, usize) {
         // The expression as written (keep its own spacing).
         let expr = {
             let marker = if range {
-                rest.get(5).copied().unwrap_or("")
+                format!(" step {} ", rest.get(5).copied().unwrap_or(""))
             } else {
-                rest.get(1).copied().unwrap_or("")
+                format!("at {} ", rest.get(1).copied().unwrap_or(""))
             };
-            match t.find(&format!(" {marker} ")) {
-                Some(p) => t[p + marker.len() + 2..].to_string(),
+            match t.find(&marker) {
+                Some(p) => t[p + marker.len()..].to_string(),
                 None => expr,
             }
         };

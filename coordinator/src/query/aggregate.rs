@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use argus_common::model::{Labels, is_valid_label_name};
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
-use super::engine::{Evaluator, StepRange, finish_names};
+use super::engine::{Evaluator, StepRange};
 use super::value::{METRIC_NAME, QueryError, Sample, Value};
 
 /// Neumaier's compensated addition, as Prometheus sums: returns the new sum and
@@ -25,9 +25,13 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
 /// Mean with Kahan summation, switching to an incremental mean on overflow, as
 /// Prometheus's `avg` and `avg_over_time` do.
 pub(crate) fn kahan_mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut sum, mut c, mut n) = (0.0f64, 0.0f64, 0.0f64);
+    let mut values = values;
+    let Some(first) = values.next() else {
+        return f64::NAN;
+    };
+    let (mut sum, mut c, mut n) = (first, 0.0f64, 1.0f64);
     let mut incremental = false;
-    let mut mean = 0.0f64;
+    let mut mean = first;
     for v in values {
         n += 1.0;
         if !incremental {
@@ -54,13 +58,7 @@ pub(crate) fn kahan_mean(values: impl Iterator<Item = f64>) -> f64 {
         mean = nm;
         c = nc;
     }
-    if n == 0.0 {
-        f64::NAN
-    } else if incremental {
-        mean + c
-    } else {
-        (sum + c) / n
-    }
+    if incremental { mean + c } else { (sum + c) / n }
 }
 
 /// Prometheus's `quantile`: linear interpolation between closest ranks; NaN sorts first.
@@ -139,7 +137,8 @@ pub(crate) fn eval_aggregate(
     let modifier = a.modifier.as_ref();
     let mut out = Vec::with_capacity(steps.len());
     for (i, samples) in steps.into_iter().enumerate() {
-        let samples = finish_names(samples)?;
+        // Names marked for dropping stay in the grouping key (Prometheus 3's delayed
+        // removal); a group drops its name if any of its members does.
         let scalar_param = match &param {
             Some(Value::Scalar(v)) => v.get(i).copied(),
             _ => None,
@@ -204,17 +203,18 @@ pub(crate) fn eval_aggregate(
             }
             _ => {
                 let mut idx: HashMap<Labels, usize> = HashMap::new();
-                let mut groups: Vec<(Labels, Vec<f64>)> = Vec::new();
+                let mut groups: Vec<(Labels, Vec<f64>, bool)> = Vec::new();
                 for s in samples {
                     let key = group_key(&s.labels, modifier);
                     let j = *idx.entry(key.clone()).or_insert_with(|| {
-                        groups.push((key, Vec::new()));
+                        groups.push((key, Vec::new(), false));
                         groups.len() - 1
                     });
                     groups[j].1.push(s.f);
+                    groups[j].2 |= s.drop_name;
                 }
                 let mut res = Vec::with_capacity(groups.len());
-                for (labels, vals) in groups {
+                for (labels, vals, drop_name) in groups {
                     let f = match op.as_str() {
                         "sum" => {
                             let (mut s, mut c) = (0.0, 0.0);
@@ -252,11 +252,12 @@ pub(crate) fn eval_aggregate(
                             )));
                         }
                     };
+                    let drop_name = drop_name && labels.get(METRIC_NAME).is_some();
                     res.push(Sample {
                         labels,
                         f,
                         t: 0,
-                        drop_name: false,
+                        drop_name,
                     });
                 }
                 res

@@ -49,7 +49,7 @@ pub fn instant_query(
     t: i64,
     opts: &EvalOptions,
 ) -> Result<QueryValue, QueryError> {
-    let mut ev = Evaluator::new(q, opts, t, t);
+    let mut ev = Evaluator::new(q, opts, t, t, 0);
     let r = StepRange {
         start: t,
         end: t,
@@ -117,7 +117,7 @@ pub fn range_query(
             "end timestamp must not be before start time",
         ));
     }
-    let mut ev = Evaluator::new(q, opts, start, end);
+    let mut ev = Evaluator::new(q, opts, start, end, step);
     let r = StepRange { start, end, step };
     let times = r.times(opts.max_steps)?;
     let v = ev.eval(expr, &r)?;
@@ -235,18 +235,21 @@ fn system_time_ms(t: &SystemTime) -> i64 {
 pub(crate) struct Evaluator<'a> {
     q: &'a dyn Queryable,
     pub(crate) opts: &'a EvalOptions,
-    query_start: i64,
-    query_end: i64,
+    pub(crate) query_start: i64,
+    pub(crate) query_end: i64,
+    /// The top-level step (0 for an instant query), for `step()`.
+    pub(crate) query_step: i64,
     samples_read: usize,
 }
 
 impl<'a> Evaluator<'a> {
-    fn new(q: &'a dyn Queryable, opts: &'a EvalOptions, start: i64, end: i64) -> Self {
+    fn new(q: &'a dyn Queryable, opts: &'a EvalOptions, start: i64, end: i64, step: i64) -> Self {
         Evaluator {
             q,
             opts,
             query_start: start,
             query_end: end,
+            query_step: step,
             samples_read: 0,
         }
     }

@@ -8,7 +8,7 @@ use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
 use super::aggregate::{kahan_inc, kahan_mean, quantile};
-use super::engine::{Evaluator, StepRange, finish_names};
+use super::engine::{Evaluator, StepRange};
 use super::value::{METRIC_NAME, MatrixArg, QueryError, Sample, Value, window};
 
 fn unparen(e: &Expr) -> &Expr {
@@ -529,6 +529,9 @@ pub(crate) fn eval_call(
         })),
         "mad_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
             let vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+            if vals.iter().any(|v| v.is_nan()) {
+                return Some(f64::NAN);
+            }
             let med = quantile(0.5, vals.clone());
             Some(quantile(
                 0.5,
@@ -569,12 +572,11 @@ pub(crate) fn eval_call(
         "predict_linear" => {
             let m = matrix(0)?;
             let d = scalars(1)?;
-            let at = m.at;
             Value::Vector(over_range(m, &times, false, |p, _, _, i| {
                 if p.len() < 2 {
                     return None;
                 }
-                let (slope, icpt) = linear_regression(p, at.unwrap_or(times[i]));
+                let (slope, icpt) = linear_regression(p, times[i]);
                 Some(slope * d[i] + icpt)
             }))
         }
@@ -626,6 +628,28 @@ pub(crate) fn eval_call(
         }
         "time" => Value::Scalar(times.iter().map(|t| *t as f64 / 1000.0).collect()),
         "pi" => Value::Scalar(vec![std::f64::consts::PI; n]),
+        "step" => Value::Scalar(vec![ev.query_step as f64 / 1000.0; n]),
+        "range" => Value::Scalar(vec![(ev.query_end - ev.query_start) as f64 / 1000.0; n]),
+        "start" => Value::Scalar(vec![ev.query_start as f64 / 1000.0; n]),
+        "end" => Value::Scalar(vec![ev.query_end as f64 / 1000.0; n]),
+        "min_of" | "max_of" => {
+            let (a, b) = (scalars(0)?, scalars(1)?);
+            let max = name == "max_of";
+            Value::Scalar(
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| {
+                        if x.is_nan() || y.is_nan() {
+                            f64::NAN
+                        } else if max {
+                            x.max(*y)
+                        } else {
+                            x.min(*y)
+                        }
+                    })
+                    .collect(),
+            )
+        }
         "vector" => {
             let s = scalars(0)?;
             Value::Vector(
@@ -857,7 +881,7 @@ pub(crate) fn eval_call(
             for (i, ss) in v.into_iter().enumerate() {
                 let mut idx: HashMap<Labels, usize> = HashMap::new();
                 let mut groups: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
-                for s in finish_names(ss)? {
+                for s in ss {
                     let Some(le) = s.labels.get("le") else {
                         continue;
                     };
