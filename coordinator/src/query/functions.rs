@@ -358,6 +358,72 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
     start + (end - start) * (rank / count)
 }
 
+/// Fraction of observations between `lower` and `upper` in classic buckets,
+/// interpolating linearly inside a bucket, as Prometheus's `BucketFraction`.
+fn bucket_fraction(lower: f64, upper: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    match buckets.last() {
+        Some(b) if b.0 == f64::INFINITY => {}
+        _ => return f64::NAN,
+    }
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for b in buckets {
+        match merged.last_mut() {
+            Some(last) if last.0 == b.0 => last.1 += b.1,
+            _ => merged.push(b),
+        }
+    }
+    let count = merged[merged.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lr, mut ur) = (0.0, 0.0, 0.0);
+    let (mut lset, mut uset) = (false, false);
+    for (i, &(ub, c)) in merged.iter().enumerate() {
+        let lb = if i > 0 {
+            merged[i - 1].0
+        } else if ub > 0.0 {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        };
+        let interp = |v: f64| rank + (c - rank) * (v - lb) / (ub - lb);
+        if !lset && lb >= lower {
+            lr = rank;
+            lset = true;
+        }
+        if !uset && lb >= upper {
+            ur = rank;
+            uset = true;
+        }
+        if lset && uset {
+            break;
+        }
+        if !lset && lb < lower && ub > lower {
+            lr = interp(lower);
+            lset = true;
+        }
+        if !uset && lb < upper && ub > upper {
+            ur = interp(upper);
+            uset = true;
+        }
+        if lset && uset {
+            break;
+        }
+        rank = c;
+    }
+    if !lset || lr > count {
+        lr = count;
+    }
+    if !uset || ur > count {
+        ur = count;
+    }
+    (ur - lr) / count
+}
+
 /// Relative float comparison as Prometheus's `almost.Equal`.
 pub fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
@@ -874,9 +940,39 @@ pub(crate) fn eval_call(
             }
             Value::Vector(v)
         }
-        "histogram_quantile" => {
-            let q = scalars(0)?;
-            let v = vector(1)?;
+        "histogram_quantile" | "histogram_quantiles" | "histogram_fraction" => {
+            // One calculation per output series of a group: the label it adds, and
+            // its value from the group's buckets at step i.
+            type Calc<'c> = Box<dyn Fn(usize, Vec<(f64, f64)>) -> f64 + 'c>;
+            let mut calcs: Vec<(Option<(String, String)>, Calc)> = Vec::new();
+            let vi = match name {
+                "histogram_quantile" => {
+                    let q = scalars(0)?;
+                    calcs.push((None, Box::new(move |i, b| bucket_quantile(q[i], b))));
+                    1
+                }
+                "histogram_fraction" => {
+                    let (lo, hi) = (scalars(0)?, scalars(1)?);
+                    calcs.push((None, Box::new(move |i, b| bucket_fraction(lo[i], hi[i], b))));
+                    2
+                }
+                _ => {
+                    let label = string_arg(&args, 1, name)?;
+                    if !is_valid_label_name(&label) {
+                        return Err(QueryError::exec(format!("invalid label name {label:?}")));
+                    }
+                    for k in 2..args.len() {
+                        let q = scalars(k)?;
+                        let lv = super::aggregate::go_float(q.first().copied().unwrap_or(f64::NAN));
+                        calcs.push((
+                            Some((label.clone(), lv)),
+                            Box::new(move |i, b| bucket_quantile(q[i], b)),
+                        ));
+                    }
+                    0
+                }
+            };
+            let v = vector(vi)?;
             let mut out = Vec::with_capacity(n);
             for (i, ss) in v.into_iter().enumerate() {
                 let mut idx: HashMap<Labels, usize> = HashMap::new();
@@ -888,26 +984,32 @@ pub(crate) fn eval_call(
                     let Ok(ub) = parse_le(le) else {
                         continue;
                     };
+                    // The name stays in the key until the end, so buckets of different
+                    // histograms never mix (they clash there if only names told them apart).
                     let mut key = s.labels.clone();
                     key.remove("le");
-                    key.remove(METRIC_NAME);
                     let j = *idx.entry(key.clone()).or_insert_with(|| {
                         groups.push((key, Vec::new()));
                         groups.len() - 1
                     });
                     groups[j].1.push((ub, s.f));
                 }
-                out.push(
-                    groups
-                        .into_iter()
-                        .map(|(labels, b)| Sample {
-                            labels,
-                            f: bucket_quantile(q[i], b),
+                let mut step = Vec::new();
+                for (labels, b) in groups {
+                    for (extra, calc) in &calcs {
+                        let mut l = labels.clone();
+                        if let Some((k, v)) = extra {
+                            l.set(k.clone(), v.clone());
+                        }
+                        step.push(Sample {
+                            labels: l,
+                            f: calc(i, b.clone()),
                             t: times[i],
-                            drop_name: false,
-                        })
-                        .collect(),
-                );
+                            drop_name: true,
+                        });
+                    }
+                }
+                out.push(step);
             }
             Value::Vector(out)
         }
