@@ -106,26 +106,30 @@ fn expand_values(text: &str) -> Result<Vec<SeqValue>, bool> {
     }
     let mut out = Vec::new();
     for tok in text.split_whitespace() {
-        if let Some((base, times)) = tok.rsplit_once('x') {
-            if let Ok(n) = times.parse::<usize>() {
-                if base == "_" {
-                    out.extend(std::iter::repeat_n(None, n));
-                    continue;
-                }
-                // a+b, a-b (the sign of b is found after the first character), or a.
-                let (a, d) = match base[1..].find(['+', '-']).map(|p| p + 1) {
-                    Some(p) if !base[..p].ends_with(['e', 'E']) => {
-                        let a = parse_float(&base[..p]).ok_or(false)?;
-                        let d = parse_float(&base[p + 1..]).ok_or(false)?;
-                        (a, if &base[p..=p] == "-" { -d } else { d })
-                    }
-                    _ => (parse_float(base).ok_or(false)?, 0.0),
-                };
-                for k in 0..=n {
-                    out.push(Some(a + d * k as f64));
-                }
+        if let Some((base, times)) = tok.rsplit_once('x')
+            && let Ok(n) = times.parse::<usize>()
+        {
+            if base == "_" {
+                out.extend(std::iter::repeat_n(None, n));
                 continue;
             }
+            // a+b, a-b (the sign of b is found after the first character), or a.
+            let (a, d) = match base
+                .get(1..)
+                .and_then(|b| b.find(['+', '-']))
+                .map(|p| p + 1)
+            {
+                Some(p) if !base[..p].ends_with(['e', 'E']) => {
+                    let a = parse_float(&base[..p]).ok_or(false)?;
+                    let d = parse_float(&base[p + 1..]).ok_or(false)?;
+                    (a, if &base[p..=p] == "-" { -d } else { d })
+                }
+                _ => (parse_float(base).ok_or(false)?, 0.0),
+            };
+            for k in 0..=n {
+                out.push(Some(a + d * k as f64));
+            }
+            continue;
         }
         if tok == "_" {
             out.push(None);
@@ -575,10 +579,10 @@ fn run_file(path: &Path, tally: &mut Tally) -> (usize, usize, usize) {
             (None, Some(v)) if expected.is_empty() => Expect::Scalar(v),
             _ => Expect::Values(expected),
         };
-        if let Ok(e) = parse(&expr) {
-            if touches(&e, &hist) {
-                needs_histograms = true;
-            }
+        if let Ok(e) = parse(&expr)
+            && touches(&e, &hist)
+        {
+            needs_histograms = true;
         }
         let ev = Eval {
             line: start_line,
