@@ -24,11 +24,12 @@
 //!
 //! - **fsyncs.** Argus's come from its `/metrics` (`argus_raft_fsyncs_total` and the
 //!   `argus_raft_fsync_duration_seconds` histogram). VictoriaMetrics keeps no fsync
-//!   metrics, so it runs under `strace -f --seccomp-bpf -ttt -T` (only fsync, fdatasync
-//!   and sync_file_range stop it), which gives every call and its duration.
-//!   `ARGUS_BENCH_STRACE=2` traces Argus the same way, but that slows Argus down: its
-//!   fsync is on the path of every answer, and each traced call waits for strace to be
-//!   scheduled. `ARGUS_BENCH_STRACE=0` traces neither.
+//!   metrics, so after its timed pass the same load is sent again to a fresh instance
+//!   under `strace -f --seccomp-bpf -ttt -T` (only fsync, fdatasync and sync_file_range
+//!   stop it), which gives every call and its duration. The timed pass is untraced:
+//!   every traced call is a round trip to strace, which slows the server (for Argus a
+//!   lot, its fsync being on the path of every answer). `ARGUS_BENCH_STRACE=2` adds
+//!   such a pass for Argus too (every file, not only the log); `0` skips them.
 //! - **Disk.** VictoriaMetrics gets `/internal/force_flush` and `/internal/force_merge`,
 //!   is stopped with SIGTERM once no merge runs, and its `data` and `indexdb` are counted
 //!   (`cache` is printed but not counted: it is rebuilt when missing). Argus is stopped
@@ -126,9 +127,9 @@ fn main() -> Result<()> {
             "strace: off (not installed, or ARGUS_BENCH_STRACE=0): no fsync figures for VictoriaMetrics"
         ),
         1 => println!(
-            "strace: on VictoriaMetrics only (ARGUS_BENCH_STRACE=2 traces argus too, which slows it: its fsync is on the answer path)"
+            "strace: a second, traced pass of VictoriaMetrics for its fsyncs (ARGUS_BENCH_STRACE=2: of argus too)"
         ),
-        _ => println!("strace: on both servers"),
+        _ => println!("strace: a second, traced pass of each server for its fsyncs"),
     }
     let mut runs = Vec::new();
     if only != "vm" {
@@ -437,8 +438,20 @@ struct RunResult {
     notes: Vec<String>,
 }
 
-/// Sync calls strace saw in the load window: count by call name, and every duration (s).
-type Traced = (BTreeMap<String, u64>, Vec<f64>);
+/// Sync calls in a time window: count by syscall name, and every duration (s).
+type SyncCalls = (BTreeMap<String, u64>, Vec<f64>);
+
+/// Sync calls strace saw during the load of a separate, traced pass.
+struct Traced {
+    /// Calls by syscall name.
+    calls: BTreeMap<String, u64>,
+    /// Every call's duration, seconds.
+    durations: Vec<f64>,
+    /// The traced pass's wall time and acknowledged samples (it is slower than the
+    /// untraced one, so its rate is per its own time).
+    wall: f64,
+    samples: usize,
+}
 
 type DiskPart = (String, u64, u64, bool);
 
@@ -453,18 +466,55 @@ impl RunResult {
     }
 }
 
+fn argus_command(bin: &Path, data: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn vm_command(data: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(VM_BIN);
+    cmd.arg(format!("-storageDataPath={}", data.display()))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .arg("-retentionPeriod=1");
+    cmd
+}
+
+/// A second pass of the same load on a fresh directory under strace, for the fsync
+/// figures only: tracing puts a round trip to strace on every sync call, so the main,
+/// timed pass runs untraced.
+fn traced_pass(
+    dir: &Path,
+    ready: &str,
+    command: impl Fn(&Path, u16) -> Command,
+    requests: &[Vec<Request>],
+) -> Result<Traced> {
+    let port = free_port()?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(dir)?;
+    let mut server = Server::start(command(&data, port), dir, port, ready, true)?;
+    let r = drive(&mut server, requests, &[])?;
+    server.stop(Duration::from_secs(120))?;
+    let (calls, durations) = server.traced()?.context("strace left no output")?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(Traced {
+        calls,
+        durations,
+        wall: r.wall,
+        samples: r.samples_ok,
+    })
+}
+
 fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
     let port = free_port()?;
     let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn");
-    let mut server = Server::start(cmd, dir, port, "/ready", strace)?;
+    let mut server = Server::start(argus_command(bin, &data, port), dir, port, "/ready", false)?;
     let before = Metrics::scrape(port)?;
     // ARGUS_BENCH_PERF=<file>: a CPU profile of the server during the load, call graphs
     // from DWARF (the release build keeps line tables, not frame pointers).
@@ -525,7 +575,6 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
     let stop = server.stop(Duration::from_secs(120))?;
     r.notes
         .push(format!("argus: stopped with SIGTERM in {stop:.1} s"));
-    r.traced = server.traced()?;
     r.disk = argus_disk(&data);
     // Argus has no "compact now" endpoint, so the analogue of VictoriaMetrics's force
     // merge is done offline: flush every memtable and major-compact both databases.
@@ -536,6 +585,11 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
         t.elapsed().as_secs_f64()
     ));
     r.disk_compacted = Some(argus_disk(&data));
+    if strace {
+        println!("second pass under strace, for the fsync figures...");
+        let cmd = |data: &Path, port: u16| argus_command(bin, data, port);
+        r.traced = Some(traced_pass(&dir.join("traced"), "/ready", cmd, requests)?);
+    }
     Ok(r)
 }
 
@@ -574,6 +628,9 @@ fn compact_argus_offline(data: &Path) -> Result<String> {
     let store = Store::open(data.join("tsdb"), StoreConfig::new(tiers.clone()))?;
     store.flush_and_compact()?;
     let usage = store.disk_usage()?;
+    let checkpoint = store
+        .get_meta(b"checkpoint")?
+        .and_then(|cp| checkpoint_parts(&cp));
     drop(store);
     let db = fjall::Database::builder(data.join("raft")).open()?;
     for name in ["raft_entries", "raft_meta"] {
@@ -596,18 +653,31 @@ fn compact_argus_offline(data: &Path) -> Result<String> {
         "index, metadata and checkpoint {:.2} MB",
         meta as f64 / 1e6
     ));
+    if let Some(cp) = checkpoint {
+        parts.push(format!("the checkpoint's parts: {cp}"));
+    }
     Ok(parts.join(", "))
+}
+
+/// Sizes of the parts of the replica's checkpoint (a version byte, the applied index,
+/// then index, head, agents and aggregates, each behind a u64 length), for the report;
+/// None if the layout is not that one any more.
+fn checkpoint_parts(cp: &[u8]) -> Option<String> {
+    let mut rest = cp.get(9..)?;
+    let mut out = Vec::new();
+    for name in ["series index", "head", "agents", "aggregates"] {
+        let len = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?) as usize;
+        rest = rest.get(8 + len..)?;
+        out.push(format!("{name} {:.2} MB", len as f64 / 1e6));
+    }
+    rest.is_empty().then(|| out.join(", "))
 }
 
 fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
     let port = free_port()?;
     let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
-    let mut cmd = Command::new(VM_BIN);
-    cmd.arg(format!("-storageDataPath={}", data.display()))
-        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-        .arg("-retentionPeriod=1");
-    let mut server = Server::start(cmd, dir, port, "/health", strace)?;
+    let mut server = Server::start(vm_command(&data, port), dir, port, "/health", false)?;
     let watch = [
         ("data", data.join("data")),
         ("indexdb", data.join("indexdb")),
@@ -636,7 +706,15 @@ fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResu
     let stop = server.stop(Duration::from_secs(120))?;
     r.notes
         .push(format!("vm: stopped with SIGTERM in {stop:.1} s"));
-    r.traced = server.traced()?;
+    if strace {
+        println!("second pass under strace, for the fsync figures...");
+        r.traced = Some(traced_pass(
+            &dir.join("traced"),
+            "/health",
+            vm_command,
+            requests,
+        )?);
+    }
     r.disk = vec![
         du_part(&data.join("data"), "data (parts)", true),
         du_part(&data.join("indexdb"), "indexdb", true),
@@ -892,7 +970,7 @@ impl Server {
     }
 
     /// Sync calls strace saw in the load window: count by call, and durations.
-    fn traced(&self) -> Result<Option<Traced>> {
+    fn traced(&self) -> Result<Option<SyncCalls>> {
         let (Some(path), Some(from), Some(to)) = (&self.trace, self.window_start, self.window_end)
         else {
             return Ok(None);
@@ -925,7 +1003,7 @@ impl Drop for Server {
 
 /// `strace -f -ttt -T` lines: `PID SECS.USECS call(args) = 0 <DUR>`, or split into
 /// `call(args <unfinished ...>` and `<... call resumed>) = 0 <DUR>` when threads interleave.
-fn parse_strace(text: &str, from: f64, to: f64) -> Traced {
+fn parse_strace(text: &str, from: f64, to: f64) -> SyncCalls {
     let mut calls = BTreeMap::new();
     let mut durations = Vec::new();
     for line in text.lines() {
@@ -1007,11 +1085,13 @@ fn report(load: &Workload, senders: usize, batch: usize, runs: &[(&str, &RunResu
     row("fsync mean ms, server's own", &|r| own(r, 1));
     row("fsync p99 ms, server's own (histogram)", &|r| own(r, 2));
     let traced = |r: &RunResult, what: usize| match &r.traced {
-        Some((calls, durs)) => match what {
-            0 => f(calls.values().sum::<u64>() as f64 / r.wall, 1),
-            1 => f(quantile(durs, 0.5) * 1e3, 3),
-            2 => f(quantile(durs, 0.99) * 1e3, 3),
-            _ => calls
+        Some(t) => match what {
+            0 => f(t.calls.values().sum::<u64>() as f64 / t.wall, 1),
+            1 => f(quantile(&t.durations, 0.5) * 1e3, 3),
+            2 => f(quantile(&t.durations, 0.99) * 1e3, 3),
+            3 => f(t.samples as f64 / t.wall, 0),
+            _ => t
+                .calls
                 .iter()
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect::<Vec<_>>()
@@ -1019,10 +1099,13 @@ fn report(load: &Workload, senders: usize, batch: usize, runs: &[(&str, &RunResu
         },
         None => "n/a".into(),
     };
-    row("sync calls/s, strace (all files)", &|r| traced(r, 0));
-    row("sync p50 ms, strace", &|r| traced(r, 1));
-    row("sync p99 ms, strace", &|r| traced(r, 2));
-    row("sync calls by name, strace", &|r| traced(r, 3));
+    row("strace pass: samples/s (slowed by tracing)", &|r| {
+        traced(r, 3)
+    });
+    row("strace pass: sync calls/s (all files)", &|r| traced(r, 0));
+    row("strace pass: sync p50 ms", &|r| traced(r, 1));
+    row("strace pass: sync p99 ms", &|r| traced(r, 2));
+    row("strace pass: sync calls by name", &|r| traced(r, 4));
     println!(
         "disk (du: allocated MB, apparent MB, allocated bytes per sample; Argus as left by SIGTERM, then compacted offline; VictoriaMetrics after force flush + force merge and SIGTERM):"
     );
