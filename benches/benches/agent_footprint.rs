@@ -41,7 +41,8 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let agent_bin = build_agent()?;
+    let agent_bin = argus_testkit::build::release_binary("argus-agent", "argus-agent")
+        .map_err(anyhow::Error::msg)?;
     let node_exporter = PathBuf::from("/usr/bin/prometheus-node-exporter");
     if !node_exporter.exists() {
         bail!("node_exporter not found: apt-get install prometheus-node-exporter");
@@ -53,7 +54,7 @@ fn main() -> Result<()> {
     let http = TcpListener::bind("127.0.0.1:0")?;
     let http_addr = http.local_addr()?;
     std::thread::spawn(move || serve_ok(http));
-    let ne_port = free_port()?;
+    let ne_port = argus_testkit::http::free_port()?;
 
     let engine = proc::pids_named(ENGINE);
     // The engine's idle CPU is bursty (housekeeping every few seconds), so its baseline
@@ -179,30 +180,6 @@ timeout = "500ms"
     Ok(())
 }
 
-/// Builds the release agent binary the benchmark runs, and returns its path.
-fn build_agent() -> Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "argus-agent",
-            "--bin",
-            "argus-agent",
-        ])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of argus-agent failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/argus-agent"))
-}
-
 fn serve_ok(listener: TcpListener) {
     for mut s in listener.incoming().flatten() {
         let mut buf = [0u8; 1024];
@@ -218,10 +195,6 @@ fn scrape(port: u16) -> Result<usize> {
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
     Ok(body.len())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -66,7 +66,7 @@ use argus_testkit::proc;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,8 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let argus_bin = build_argus()?;
+    let argus_bin = argus_testkit::build::release_binary("argus-coordinator", "argus")
+        .map_err(anyhow::Error::msg)?;
 
     let work = TempDir::new("argus-bench-tsdb")?;
     let t_gen = Instant::now();
@@ -494,7 +495,7 @@ fn traced_pass(
     command: impl Fn(&Path, u16) -> Command,
     requests: &[Vec<Request>],
 ) -> Result<Traced> {
-    let port = free_port()?;
+    let port = argus_testkit::http::free_port()?;
     let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
     let mut server = Server::start(command(&data, port), dir, port, ready, true)?;
@@ -511,7 +512,7 @@ fn traced_pass(
 }
 
 fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
-    let port = free_port()?;
+    let port = argus_testkit::http::free_port()?;
     let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
     let mut server = Server::start(argus_command(bin, &data, port), dir, port, "/ready", false)?;
@@ -674,7 +675,7 @@ fn checkpoint_parts(cp: &[u8]) -> Option<String> {
 }
 
 fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {
-    let port = free_port()?;
+    let port = argus_testkit::http::free_port()?;
     let data = dir.join("data");
     std::fs::create_dir_all(dir)?;
     let mut server = Server::start(vm_command(&data, port), dir, port, "/health", false)?;
@@ -1504,34 +1505,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.replace('_', "").parse().ok())
         .unwrap_or(default)
-}
-
-/// Builds the release `argus` binary the benchmark runs, and returns its path.
-fn build_argus() -> Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "argus-coordinator",
-            "--bin",
-            "argus",
-        ])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of argus failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/argus"))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A directory removed when the bench ends, however it ends.

@@ -6,6 +6,7 @@
 //! - [`promtool`]: the real promtool validating our exposition output.
 
 pub mod child;
+pub mod build;
 pub mod docker;
 pub mod http;
 pub mod proc;
