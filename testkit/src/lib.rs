@@ -5,8 +5,8 @@
 //! - [`proc`]: CPU and memory of processes, for benchmarks.
 //! - [`promtool`]: the real promtool validating our exposition output.
 
-pub mod child;
 pub mod build;
+pub mod child;
 pub mod docker;
 pub mod http;
 pub mod proc;

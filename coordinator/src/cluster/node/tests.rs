@@ -575,7 +575,10 @@ fn the_runner_ticks_during_a_slow_apply_and_answers_after_apply() {
     }
     assert_eq!(stats.snapshot().applied_index, 0);
     assert!(handle.is_running());
-    assert!(stats.snapshot().log_disk_bytes > 0, "the log's disk use is measured");
+    assert!(
+        stats.snapshot().log_disk_bytes > 0,
+        "the log's disk use is measured"
+    );
 
     gate.open();
     for r in receipts {
