@@ -447,6 +447,18 @@ async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+/// `{reason="…"}` label strings and values of a by-reason counter map.
+fn by_reason(counts: &BTreeMap<String, u64>) -> Vec<(String, f64)> {
+    counts
+        .iter()
+        .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
+        .collect()
+}
+
+fn as_samples(rows: &[(String, f64)]) -> Vec<(&str, f64)> {
+    rows.iter().map(|(l, v)| (l.as_str(), *v)).collect()
+}
+
 /// The node's own metrics in the text format.
 async fn metrics(State(app): State<AppState>) -> Response {
     let s = app.stats.snapshot();
@@ -541,17 +553,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
             "Series in the index.",
             &[("", sm.index().len() as f64)],
         );
-        let refused: Vec<(String, f64)> = c
-            .refused
-            .iter()
-            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
-            .collect();
-        let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        let refused = by_reason(&c.refused);
         m(
             "argus_tsdb_samples_refused_total",
             "counter",
             "Samples refused at apply, by reason.",
-            &refused,
+            &as_samples(&refused),
         );
     }
     if let Ok(bytes) = app.store.disk_bytes() {
@@ -569,16 +576,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
         &[("", app.counters.write_requests.load(Relaxed) as f64)],
     );
     if let Ok(r) = app.counters.write_refused.lock() {
-        let refused: Vec<(String, f64)> = r
-            .iter()
-            .map(|(k, n)| (format!("{{reason=\"{k}\"}}"), *n as f64))
-            .collect();
-        let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        let refused = by_reason(&r);
         m(
             "argus_http_write_refused_total",
             "counter",
             "Remote-write requests or samples refused before reaching the log, by reason.",
-            &refused,
+            &as_samples(&refused),
         );
     }
     m(

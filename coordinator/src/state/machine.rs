@@ -76,7 +76,9 @@ impl Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Incarnation {
     window: SeqWindow,
-    refs: BTreeMap<SeriesRef, SeriesId>,
+    /// Ref → series, and whether its aggregates keep a counter's increase: decided once
+    /// when the ref is defined, not per point.
+    refs: BTreeMap<SeriesRef, (SeriesId, bool)>,
     highest_ref: Option<SeriesRef>,
     /// Leader time of the last entry that used it, for least-recently-used eviction.
     last_used_ms: i64,
@@ -338,8 +340,9 @@ impl StateMachine {
                             help: def.help.clone(),
                         },
                     );
+                    let counter = counter_series(&self.index, id);
                     let inc = self.incarnation(agent_id, incarnation, time_ms);
-                    inc.refs.insert(def.series_ref, id);
+                    inc.refs.insert(def.series_ref, (id, counter));
                     inc.highest_ref = inc.highest_ref.max(Some(def.series_ref));
                 }
                 Err(_) => out.refuse(RefuseReason::Other, 1),
@@ -389,7 +392,7 @@ impl StateMachine {
         // `inc` borrows the agents map and the head is a separate field: no copy of
         // the ref map per batch.
         let head = &mut self.head;
-        let (index, aggregator) = (&self.index, &mut self.aggregator);
+        let aggregator = &mut self.aggregator;
         for g in groups {
             if g.timestamp_ms > time_ms.saturating_add(max_future) {
                 out.refuse(RefuseReason::TooFarAhead, g.points.len() as u64);
@@ -398,8 +401,7 @@ impl StateMachine {
             for &(r, v) in &g.points {
                 match inc.refs.get(&r) {
                     None => out.refuse(RefuseReason::UnknownSeries, 1),
-                    Some(&id) => {
-                        let counter = counter_series(index, id);
+                    Some(&(id, counter)) => {
                         append(head, aggregator, counter, id, g.timestamp_ms, v, &mut out)
                     }
                 }
