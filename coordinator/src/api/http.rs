@@ -7,7 +7,7 @@ use super::remote_write::{self, DecodeLimits, WriteBatch};
 use super::selector::{MatchOp as SelOp, parse_series_selector};
 use crate::cluster::stats::FSYNC_BUCKETS_SECONDS;
 use crate::cluster::{NodeStats, ProposeError, Proposer};
-use crate::state::entry::{Entry, PushedMetadata, PushedSeries};
+use crate::state::entry::{Entry, PushedItem, PushedKey, PushedMetadata};
 use crate::state::machine::{Outcome, StateMachine};
 use crate::state::replica::SharedState;
 use crate::tsdb::store::Store;
@@ -141,18 +141,9 @@ async fn write(
         app.counters.refuse(r.reason.as_str(), r.samples);
     }
     let refused_at_decode = batch.refusal_summary();
-    let entry = Entry::RemoteWrite {
-        series: group_by_series(batch.series),
-        metadata: batch
-            .metadata
-            .into_iter()
-            .map(|m| PushedMetadata {
-                name: m.family,
-                kind: m.kind,
-                unit: m.unit,
-                help: m.help,
-            })
-            .collect(),
+    let entry = match push_entry(&app, batch) {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
     let outcome = match propose(&app, &entry).await {
         Ok(o) => o,
@@ -174,31 +165,45 @@ async fn write(
     }
 }
 
-/// Merges the samples of one series into one entry item. Prometheus sends every sample
-/// as its own `TimeSeries`, so a request of 2,000 samples repeats each label set several
-/// times; carrying each once shrinks the log entry and the work of every replica's apply.
-/// Samples keep their order within a series.
-fn group_by_series(series: Vec<remote_write::WriteSeries>) -> Vec<PushedSeries> {
-    let mut at: std::collections::HashMap<(String, argus_common::model::Labels), usize> =
-        std::collections::HashMap::with_capacity(series.len());
-    let mut out: Vec<PushedSeries> = Vec::with_capacity(series.len());
-    for s in series {
-        match at.entry((s.name, s.labels)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                out[*e.get()].samples.extend(s.samples);
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let (name, labels) = e.key().clone();
-                e.insert(out.len());
-                out.push(PushedSeries {
-                    name,
-                    labels,
-                    samples: s.samples,
-                });
-            }
-        }
-    }
-    out
+/// The log entry for a decoded push: series already in the applied index go by id,
+/// so the entry carries each label set only the first time it is ever pushed.
+fn push_entry(app: &AppState, batch: WriteBatch) -> Result<Entry, ApiError> {
+    // Only the lookups hold the lock that apply needs; the encoding happens after.
+    let known: Vec<Option<SeriesId>> = {
+        let state = read_state(app)?;
+        let index = state.index();
+        batch
+            .series
+            .iter()
+            .map(|s| index.lookup(&s.name, &s.labels))
+            .collect()
+    };
+    let items = batch
+        .series
+        .into_iter()
+        .zip(known)
+        .flat_map(|(s, id)| {
+            let key = match id {
+                Some(id) => PushedKey::Known(id),
+                None => PushedKey::New {
+                    name: s.name,
+                    labels: s.labels,
+                },
+            };
+            PushedItem::encode(key, &s.samples)
+        })
+        .collect();
+    let metadata = batch
+        .metadata
+        .into_iter()
+        .map(|m| PushedMetadata {
+            name: m.family,
+            kind: m.kind,
+            unit: m.unit,
+            help: m.help,
+        })
+        .collect();
+    Ok(Entry::Push { items, metadata })
 }
 
 /// Proposes an entry and waits until it is applied.
@@ -613,44 +618,4 @@ async fn metrics(State(app): State<AppState>) -> Response {
         s.fsync_seconds
     );
     ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], out).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use argus_common::model::Labels;
-
-    #[test]
-    fn samples_of_one_series_travel_together_in_order() {
-        let ws = |name: &str, job: &str, t: i64| remote_write::WriteSeries {
-            name: name.into(),
-            labels: Labels::from_pairs([("job", job)]),
-            samples: vec![(t, t as f64)],
-        };
-        let grouped = group_by_series(vec![
-            ws("up", "a", 1),
-            ws("up", "b", 1),
-            ws("up", "a", 2),
-            ws("x", "a", 1),
-            ws("up", "a", 3),
-        ]);
-        let shape: Vec<(String, Option<&str>, Vec<i64>)> = grouped
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.labels.get("job"),
-                    s.samples.iter().map(|p| p.0).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            shape,
-            vec![
-                ("up".into(), Some("a"), vec![1, 2, 3]),
-                ("up".into(), Some("b"), vec![1]),
-                ("x".into(), Some("a"), vec![1]),
-            ]
-        );
-    }
 }

@@ -35,6 +35,7 @@ use argus_common::model::{
 };
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The media type of remote-write 1.0 (and, with a `proto` parameter, of 2.0).
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -412,6 +413,8 @@ pub fn decode_write_request(proto: &[u8], limits: &DecodeLimits) -> Result<Write
         tally: Default::default(),
         raw_labels: Vec::new(),
         labels: Vec::new(),
+        samples: Vec::new(),
+        seen: HashMap::default(),
         batch: WriteBatch::default(),
     };
     let mut reader = Reader::new(proto, 0);
@@ -436,6 +439,8 @@ pub fn decode_write_request(proto: &[u8], limits: &DecodeLimits) -> Result<Write
         }
     }
     let mut batch = d.batch;
+    // A series whose every message held only histograms or exemplars has nothing to store.
+    batch.series.retain(|s| !s.samples.is_empty());
     batch.refused = RefuseReason::ALL
         .iter()
         .zip(d.tally)
@@ -499,7 +504,19 @@ struct Decoder<'a, 'l> {
     raw_labels: Vec<(&'a [u8], &'a [u8])>,
     /// Reused across series: the same labels once known to be UTF-8.
     labels: Vec<(&'a str, &'a str)>,
+    /// Reused across series: the float samples of the `TimeSeries` being read.
+    samples: Vec<(TimestampMs, f64)>,
+    /// Label sets seen in this request, exactly as sent, and what became of them.
+    seen: HashMap<Vec<(&'a [u8], &'a [u8])>, Seen, foldhash::fast::RandomState>,
     batch: WriteBatch,
+}
+
+/// What became of a label set earlier in the same request.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// Accepted: its index in [`WriteBatch::series`].
+    Series(usize),
+    Refused(RefuseReason),
 }
 
 /// A refusal of one series: why, and the detail for [`Refusal::first`].
@@ -521,9 +538,14 @@ impl<'a> Decoder<'a, '_> {
         }
     }
 
+    /// Reads one `TimeSeries`. Prometheus sends every sample as its own `TimeSeries`, so
+    /// a request of 2,000 samples repeats each label set several times: a label set seen
+    /// before in the request (byte for byte) joins the series it made, without being
+    /// validated or copied again. The batch thus holds each series once, its samples in
+    /// the order sent, which also shrinks the log entry and every replica's apply.
     fn series(&mut self, buf: &'a [u8], base: usize, index: usize) -> Result<(), WriteError> {
         self.raw_labels.clear();
-        let mut samples: Vec<(TimestampMs, f64)> = Vec::new();
+        self.samples.clear();
         let (mut exemplars, mut histograms) = (0u64, 0u64);
         let mut reader = Reader::new(buf, base);
         while let Some(field) = reader
@@ -538,7 +560,7 @@ impl<'a> Decoder<'a, '_> {
                     self.raw_labels.push(label);
                 }
                 2 => {
-                    let i = samples.len();
+                    let i = self.samples.len();
                     let (bytes, at_) = field.bytes().map_err(at(path(index, "samples", i)))?;
                     let sample = read_sample(bytes, at_).map_err(at(path(index, "samples", i)))?;
                     self.total_samples += 1;
@@ -547,7 +569,7 @@ impl<'a> Decoder<'a, '_> {
                             limit: self.limits.max_samples,
                         });
                     }
-                    samples.push(sample);
+                    self.samples.push(sample);
                 }
                 // Counted only: their contents are dropped unread (DESIGN §5), but
                 // the field must still be length-delimited.
@@ -567,11 +589,19 @@ impl<'a> Decoder<'a, '_> {
             }
         }
 
-        let name_for_msg = self.raw_name_for_message();
-        let name_ref = name_for_msg.as_deref();
+        // The name is only formatted when a message needs it.
+        let raw_name = self
+            .raw_labels
+            .iter()
+            .find(|(n, _)| *n == NAME_LABEL.as_bytes())
+            .map(|&(_, v)| v)
+            .filter(|v| !v.is_empty());
         let described = |detail: String| {
-            move || match name_ref {
-                Some(n) => format!("timeseries[{index}] ({n}): {detail}"),
+            move || match raw_name {
+                Some(n) => format!(
+                    "timeseries[{index}] ({}): {detail}",
+                    clip(&String::from_utf8_lossy(n))
+                ),
                 None => format!("timeseries[{index}]: {detail}"),
             }
         };
@@ -587,31 +617,39 @@ impl<'a> Decoder<'a, '_> {
             ));
             self.refuse(RefuseReason::Exemplar, 1, exemplars, d);
         }
-        match self.validate_labels() {
-            Ok((name, labels)) => {
-                if !samples.is_empty() {
-                    self.batch.series.push(WriteSeries {
-                        name,
-                        labels,
-                        samples,
-                    });
+        let seen = match self.seen.get(self.raw_labels.as_slice()) {
+            Some(&seen) => seen,
+            None => {
+                let seen = match self.validate_labels() {
+                    Ok((name, labels)) => {
+                        self.batch.series.push(WriteSeries {
+                            name,
+                            labels,
+                            samples: Vec::new(),
+                        });
+                        Seen::Series(self.batch.series.len() - 1)
+                    }
+                    Err((reason, detail)) => {
+                        let d = described(detail);
+                        self.refuse(reason, 1, 0, d);
+                        Seen::Refused(reason)
+                    }
+                };
+                // A label set over the label limit is validated again each time rather
+                // than kept, so the memo stays within a small multiple of the input.
+                if self.raw_labels.len() <= self.limits.max_labels {
+                    self.seen.insert(self.raw_labels.clone(), seen);
                 }
+                seen
             }
-            Err((reason, detail)) => {
-                let d = described(detail);
-                self.refuse(reason, 1, samples.len() as u64, d);
-            }
+        };
+        match seen {
+            Seen::Series(i) => self.batch.series[i]
+                .samples
+                .extend_from_slice(&self.samples),
+            Seen::Refused(reason) => self.refuse(reason, 0, self.samples.len() as u64, String::new),
         }
         Ok(())
-    }
-
-    /// The metric name as sent, clipped, for messages about a series.
-    fn raw_name_for_message(&self) -> Option<String> {
-        self.raw_labels
-            .iter()
-            .find(|(n, _)| *n == NAME_LABEL.as_bytes())
-            .map(|(_, v)| clip(&String::from_utf8_lossy(v)).to_string())
-            .filter(|n| !n.is_empty())
     }
 
     fn validate_labels(&mut self) -> Result<(String, Labels), Refused> {

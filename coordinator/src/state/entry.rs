@@ -6,6 +6,7 @@
 //! unknown variant or a newer version is an error at apply, never silently skipped,
 //! because skipping would make replicas diverge.
 
+use crate::tsdb::chunk;
 use argus_common::model::{Labels, MetricType, PointGroup, SeriesDef};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,45 @@ pub struct PushedSeries {
     pub name: String,
     pub labels: Labels,
     pub samples: Vec<(i64, f64)>,
+}
+
+/// Which series the samples of a [`PushedItem`] belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PushedKey {
+    /// A series the proposer found in its applied index. Series ids are never reused and
+    /// the entry is applied after the one that created the series, so every replica knows
+    /// it; one that does not (it was removed since) refuses the samples, the same way on
+    /// every replica.
+    Known(u64),
+    /// A series to find or create by name and labels (as sent, `instance` and `job`
+    /// included).
+    New { name: String, labels: Labels },
+}
+
+/// The samples of one series in a remote-write push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedItem {
+    pub key: PushedKey,
+    /// The samples in the order sent, encoded with the chunk codec
+    /// ([`crate::tsdb::chunk`]): a few bytes each instead of sixteen, StaleNaN bits
+    /// kept. At most [`chunk::MAX_SAMPLES`] per item.
+    pub samples: Vec<u8>,
+}
+
+impl PushedItem {
+    /// Items for one series' samples, cut at the chunk codec's limit.
+    pub fn encode(key: PushedKey, samples: &[(i64, f64)]) -> Vec<PushedItem> {
+        samples
+            .chunks(chunk::MAX_SAMPLES)
+            .filter_map(|part| {
+                // Encoding fails only above MAX_SAMPLES, which the cut rules out.
+                chunk::encode(part).ok().map(|bytes| PushedItem {
+                    key: key.clone(),
+                    samples: bytes,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Metric metadata that arrived with a push.
@@ -59,6 +99,14 @@ pub enum Entry {
     /// Drop data older than `before_ms` from `tier`. Retention is an entry, not a
     /// timer in the store, so every replica cuts at the same point of the log.
     RetentionCut { tier: u8, before_ms: i64 },
+    /// A remote-write push, compact: series the proposer already knew by id, samples
+    /// chunk-encoded. It replaces `RemoteWrite`, which entries written by older
+    /// binaries still use and apply still reads. Deduplicated like it, on
+    /// (series, timestamp).
+    Push {
+        items: Vec<PushedItem>,
+        metadata: Vec<PushedMetadata>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,6 +189,20 @@ mod tests {
                 tier: 0,
                 before_ms: 42,
             },
+            Entry::Push {
+                items: [
+                    PushedItem::encode(PushedKey::Known(3), &[(1000, 1.5), (2000, stale_nan())]),
+                    PushedItem::encode(
+                        PushedKey::New {
+                            name: "up".into(),
+                            labels: Labels::from_pairs([("job", "y")]),
+                        },
+                        &[(1000, 1.0)],
+                    ),
+                ]
+                .concat(),
+                metadata: vec![],
+            },
         ]
     }
 
@@ -161,8 +223,24 @@ mod tests {
     fn variant_indices_are_frozen() {
         // Reordering the enum would silently reinterpret old log entries.
         let firsts: Vec<u8> = samples().iter().map(|e| e.encode()[1]).collect();
-        assert_eq!(firsts, vec![0, 1, 2, 3]);
+        assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
         assert_eq!(samples()[0].encode()[0], ENTRY_VERSION);
+    }
+
+    #[test]
+    fn pushed_items_are_cut_at_the_chunk_limit_and_keep_every_bit() {
+        let samples: Vec<(i64, f64)> = (0..chunk::MAX_SAMPLES as i64 + 10)
+            .map(|i| (i * 1000, if i == 5 { stale_nan() } else { i as f64 * 0.1 }))
+            .collect();
+        let items = PushedItem::encode(PushedKey::Known(1), &samples);
+        assert_eq!(items.len(), 2);
+        let back: Vec<(i64, u64)> = items
+            .iter()
+            .flat_map(|i| chunk::decode(&i.samples).unwrap())
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
+        let sent: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        assert_eq!(back, sent);
     }
 
     #[test]

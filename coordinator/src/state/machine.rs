@@ -7,8 +7,9 @@
 //! without a disk.
 
 use super::dedup::{SeqWindow, Verdict};
-use super::entry::{Entry, PushedMetadata, PushedSeries};
+use super::entry::{Entry, PushedItem, PushedKey, PushedMetadata, PushedSeries};
 use crate::tsdb::aggregate::{Aggregator, AggregatorConfig, SealedBlock, is_counter};
+use crate::tsdb::chunk;
 use crate::tsdb::tier::Tiers;
 use crate::tsdb::{
     Head, HeadConfig, HeadSnapshot, IndexSnapshot, Metadata, Refusal, SealedChunk, SeriesId,
@@ -229,6 +230,7 @@ impl StateMachine {
                 groups,
             } => self.apply_batch(agent_id, *incarnation, *seq, *lowest_seq, groups, time_ms),
             Entry::RemoteWrite { series, metadata } => self.apply_push(series, metadata, time_ms),
+            Entry::Push { items, metadata } => self.apply_compact_push(items, metadata, time_ms),
             // The replica drops the store's partitions; the head holds only recent data.
             Entry::RetentionCut { .. } => Outcome {
                 applied: true,
@@ -416,10 +418,50 @@ impl StateMachine {
         metadata: &[PushedMetadata],
         time_ms: i64,
     ) -> Outcome {
-        let mut out = Outcome {
-            applied: true,
-            ..Outcome::default()
-        };
+        let mut out = self.push_metadata(metadata);
+        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
+        for s in series {
+            let n = s.samples.len() as u64;
+            if let Some(id) = self.pushed_series(&s.name, &s.labels, n, &mut out) {
+                self.append_pushed(id, &s.samples, horizon, &mut out);
+            }
+        }
+        out
+    }
+
+    fn apply_compact_push(
+        &mut self,
+        items: &[PushedItem],
+        metadata: &[PushedMetadata],
+        time_ms: i64,
+    ) -> Outcome {
+        let mut out = self.push_metadata(metadata);
+        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
+        for item in items {
+            let Ok(samples) = chunk::decode(&item.samples) else {
+                // The proposer encoded it; only a corrupt entry gets here, and every
+                // replica refuses it alike.
+                out.refuse(RefuseReason::Other, 1);
+                continue;
+            };
+            let n = samples.len() as u64;
+            let id = match &item.key {
+                PushedKey::Known(id) if self.index.series(*id).is_some() => Some(*id),
+                PushedKey::Known(_) => {
+                    out.refuse(RefuseReason::UnknownSeries, n);
+                    None
+                }
+                PushedKey::New { name, labels } => self.pushed_series(name, labels, n, &mut out),
+            };
+            if let Some(id) = id {
+                self.append_pushed(id, &samples, horizon, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Records a push's metadata; the outcome the push's samples then add to.
+    fn push_metadata(&mut self, metadata: &[PushedMetadata]) -> Outcome {
         for m in metadata {
             let _ = self.index.set_metadata(
                 &m.name,
@@ -430,37 +472,49 @@ impl StateMachine {
                 },
             );
         }
-        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
-        for s in series {
-            if let Err(r) = self.check_labels(&s.labels) {
-                out.refuse(r, s.samples.len() as u64);
-                continue;
-            }
-            let id = match self.index.get_or_create(&s.name, &s.labels) {
-                Ok((id, _)) => id,
-                Err(_) => {
-                    out.refuse(RefuseReason::Other, s.samples.len() as u64);
-                    continue;
-                }
-            };
-            let counter = counter_series(&self.index, id);
-            for &(t, v) in &s.samples {
-                if t > horizon {
-                    out.refuse(RefuseReason::TooFarAhead, 1);
-                } else {
-                    append(
-                        &mut self.head,
-                        &mut self.aggregator,
-                        counter,
-                        id,
-                        t,
-                        v,
-                        &mut out,
-                    );
-                }
+        Outcome {
+            applied: true,
+            ..Outcome::default()
+        }
+    }
+
+    /// The series a pushed label set names, created if new; `None` (its `n` samples
+    /// refused) when the labels break a limit.
+    fn pushed_series(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+        n: u64,
+        out: &mut Outcome,
+    ) -> Option<SeriesId> {
+        if let Err(r) = self.check_labels(labels) {
+            out.refuse(r, n);
+            return None;
+        }
+        match self.index.get_or_create(name, labels) {
+            Ok((id, _)) => Some(id),
+            Err(_) => {
+                out.refuse(RefuseReason::Other, n);
+                None
             }
         }
-        out
+    }
+
+    fn append_pushed(
+        &mut self,
+        id: SeriesId,
+        samples: &[(i64, f64)],
+        horizon: i64,
+        out: &mut Outcome,
+    ) {
+        let counter = counter_series(&self.index, id);
+        for &(t, v) in samples {
+            if t > horizon {
+                out.refuse(RefuseReason::TooFarAhead, 1);
+            } else {
+                append(&mut self.head, &mut self.aggregator, counter, id, t, v, out);
+            }
+        }
     }
 
     /// Seals chunks of series idle for `idle_ms` at the replicated time, so a series
@@ -695,6 +749,69 @@ mod tests {
         assert_eq!(again.accepted, 0);
         assert_eq!(again.refused[&RefuseReason::Duplicate], 2);
         assert_eq!(s.index().metadata("up").unwrap().help, "Scrape health.");
+    }
+
+    #[test]
+    fn compact_pushes_name_series_by_id_once_known() {
+        let mut s = sm();
+        let labels = Labels::from_pairs([("instance", "x:9100"), ("job", "node")]);
+        let new = Entry::Push {
+            items: PushedItem::encode(
+                PushedKey::New {
+                    name: "up".into(),
+                    labels: labels.clone(),
+                },
+                &[(T0, 1.0), (T0 + 15_000, 1.0)],
+            ),
+            metadata: vec![],
+        };
+        assert_eq!(s.apply(1, T0, &new).accepted, 2);
+        let id = s.index().lookup("up", &labels).unwrap();
+        let known = |t: i64, v: f64, id: SeriesId| Entry::Push {
+            items: PushedItem::encode(PushedKey::Known(id), &[(t, v)]),
+            metadata: vec![],
+        };
+        assert_eq!(
+            s.apply(2, T0, &known(T0 + 30_000, stale_nan(), id))
+                .accepted,
+            1
+        );
+        // Retried: stored once.
+        let again = s.apply(3, T0, &known(T0 + 30_000, stale_nan(), id));
+        assert_eq!(again.refused[&RefuseReason::Duplicate], 1);
+        // An id no replica has is refused alike everywhere, not guessed.
+        let unknown = s.apply(4, T0, &known(T0 + 45_000, 1.0, id + 100));
+        assert_eq!(unknown.refused[&RefuseReason::UnknownSeries], 1);
+        // A corrupt item is refused, the rest of the entry applies.
+        let mut items = PushedItem::encode(PushedKey::Known(id), &[(T0 + 45_000, 2.0)]);
+        items.push(PushedItem {
+            key: PushedKey::Known(id),
+            samples: vec![0xff, 3],
+        });
+        let mixed = s.apply(
+            5,
+            T0,
+            &Entry::Push {
+                items,
+                metadata: vec![],
+            },
+        );
+        assert_eq!((mixed.accepted, mixed.refused_total()), (1, 1));
+        let stored: Vec<(i64, u64)> = s
+            .head()
+            .select(id, i64::MIN, i64::MAX)
+            .unwrap()
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
+        assert_eq!(
+            stored,
+            vec![
+                (T0, 1f64.to_bits()),
+                (T0 + 15_000, 1f64.to_bits()),
+                (T0 + 30_000, stale_nan().to_bits()),
+                (T0 + 45_000, 2f64.to_bits()),
+            ]
+        );
     }
 
     #[test]

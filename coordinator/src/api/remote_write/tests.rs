@@ -256,6 +256,49 @@ fn bad_series_are_refused_alone_and_counted() {
 }
 
 #[test]
+fn repeated_label_sets_are_one_series_in_order() {
+    // Prometheus sends one TimeSeries per sample.
+    let one =
+        |name: &str, job: &str, t: i64| TimeSeries::new(name, &[("job", job)], vec![(t, t as f64)]);
+    let req = WriteRequest {
+        timeseries: vec![
+            one("up", "a", 1),
+            one("up", "b", 1),
+            one("up", "a", 2),
+            one("x", "a", 1),
+            one("1bad", "a", 1),
+            one("up", "a", 3),
+            one("1bad", "a", 2),
+        ],
+        ..Default::default()
+    };
+    let batch = decode(&req).unwrap();
+    let shape: Vec<(&str, Option<&str>, Vec<i64>)> = batch
+        .series
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.labels.get("job"),
+                s.samples.iter().map(|p| p.0).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("up", Some("a"), vec![1, 2, 3]),
+            ("up", Some("b"), vec![1]),
+            ("x", Some("a"), vec![1]),
+        ]
+    );
+    // A refused label set is one series however often it is sent; its samples all count.
+    let r = refusal(&batch, RefuseReason::InvalidMetricName);
+    assert_eq!((r.series, r.samples), (1, 2));
+    assert!(r.first.starts_with("timeseries[4] (1bad)"), "{}", r.first);
+}
+
+#[test]
 fn empty_label_values_are_dropped() {
     let req = WriteRequest {
         timeseries: vec![TimeSeries::new(
@@ -781,8 +824,16 @@ proptest! {
     fn valid_requests_round_trip(req in valid_request()) {
         let batch = decode(&req).unwrap();
         prop_assert!(batch.refused.is_empty(), "{:?}", batch.refused);
-        prop_assert_eq!(batch.series.len(), req.timeseries.len());
-        for (got, sent) in batch.series.iter().zip(&req.timeseries) {
+        // Messages with the same labels are one series, its samples in the order sent.
+        let mut sent_series: Vec<TimeSeries> = Vec::new();
+        for ts in &req.timeseries {
+            match sent_series.iter_mut().find(|s| s.labels == ts.labels) {
+                Some(s) => s.samples.extend_from_slice(&ts.samples),
+                None => sent_series.push(ts.clone()),
+            }
+        }
+        prop_assert_eq!(batch.series.len(), sent_series.len());
+        for (got, sent) in batch.series.iter().zip(&sent_series) {
             let mut want = Labels::new();
             let mut name = String::new();
             for (k, v) in &sent.labels {
@@ -820,7 +871,15 @@ proptest! {
         };
         let batch = decode(&req).unwrap();
         let refused: u64 = batch.refused.iter().map(|r| r.series).sum();
-        let with_samples = req.timeseries.iter().filter(|s| !s.samples.is_empty()).count();
+        let mut with_samples: Vec<&Vec<(String, String)>> = req
+            .timeseries
+            .iter()
+            .filter(|s| !s.samples.is_empty())
+            .map(|s| &s.labels)
+            .collect();
+        with_samples.sort();
+        with_samples.dedup();
+        let with_samples = with_samples.len();
         prop_assert!(batch.series.len() + refused as usize >= with_samples);
         for s in &batch.series {
             prop_assert!(is_valid_metric_name(&s.name));
