@@ -60,15 +60,21 @@ use std::collections::BTreeMap;
 use argus_common::model::{MetricType, is_stale_nan};
 use serde::{Deserialize, Serialize};
 
-use super::bits::{get_varint, put_varint};
+use super::bits::{get_varint, put_varint, unzigzag, zigzag};
 use super::chunk::{self, ChunkError};
 use super::tier::{Tiers, align_down};
 
 /// Format of an encoded block of windows (DESIGN §3.7).
 pub const BLOCK_FORMAT: u8 = 1;
 
-/// Format of an encoded [`Aggregator`] state (inside a checkpoint).
-pub const STATE_FORMAT: u8 = 1;
+/// Format of an encoded [`Aggregator`] state (inside a checkpoint). Version 2 codes each
+/// series' open samples as a chunk and its pending windows as a block (see
+/// [`Aggregator::encode_state`]); version 1, the whole state as postcard with samples as
+/// 16-byte pairs (about 3x larger), is still read, since checkpoints outlive binaries.
+pub const STATE_FORMAT: u8 = 2;
+
+/// The first state format: postcard of [`StateV1`].
+const STATE_FORMAT_V1: u8 = 1;
 
 /// Most windows in one block, and the default of [`AggregatorConfig::max_block_windows`]:
 /// 24 makes 5 m blocks span 2 h (like a raw chunk at 60 s) and 1 h blocks a day.
@@ -465,15 +471,28 @@ pub struct Aggregator {
     stats: AggregatorStats,
 }
 
-/// What a checkpoint holds of an aggregator.
+/// What a version-1 checkpoint holds of an aggregator (postcard).
 #[derive(Serialize, Deserialize)]
-struct State {
+struct StateV1 {
     levels: Vec<Level>,
     ooo_ms: i64,
     series: BTreeMap<u64, SeriesState>,
     out: Vec<(u8, u64, Vec<Aggregate>)>,
     stats: AggregatorStats,
 }
+
+/// Per-series flags of state format 2.
+const SERIES_COUNTER: u8 = 1;
+const SERIES_CARRY: u8 = 2;
+const SERIES_KNOWN: u8 = SERIES_COUNTER | SERIES_CARRY;
+
+/// How a level's open window is stored in state format 2, in the low bits of the level's
+/// tag (the block's window count is above them).
+const OPEN_NONE: u64 = 0;
+/// As the last window of the level's block (it always starts after them).
+const OPEN_IN_BLOCK: u64 = 1;
+/// In a block of its own; only if the invariant above were ever broken.
+const OPEN_ALONE: u64 = 2;
 
 impl Aggregator {
     /// An aggregator for every aggregate tier of `tiers` (none if only raw is configured).
@@ -590,9 +609,116 @@ impl Aggregator {
     }
 
     /// Serializes the whole state (open windows, pending blocks, unsent output, counters)
-    /// for a checkpoint.
+    /// for a checkpoint, in format [`STATE_FORMAT`] (2):
+    ///
+    /// - a header: the levels (tier byte, step and block span), the out-of-order window,
+    ///   the counters, then the unsent blocks (tier byte, series id, windows);
+    /// - the series in id order, each: its id as the gap from the previous one, a flags
+    ///   byte (counter, carry present), its newest timestamp as the difference from the
+    ///   previous series' newest (series advance together, so 1–3 bytes), how far
+    ///   `sealed_until` lags that, the carry's 8 bytes, the open samples as a chunk of
+    ///   the chunk codec (1.5–3 bytes a sample instead of 14; NaN payloads keep their
+    ///   bits, and StaleNaN never reaches them), then per level a tag byte and the
+    ///   pending windows, the open window last, as a block of [`encode_block`].
+    ///
+    /// Integers are LEB128 varints, signed ones zigzagged; differences wrap, so every
+    /// i64 (`i64::MIN` for "nothing yet") comes back exactly. Samples and windows are
+    /// written as lists of chunks or blocks of at most [`chunk::MAX_SAMPLES`] each, so
+    /// no size makes the codecs refuse them. Should they refuse anyway (a bug), the state
+    /// is written in format 1, which every build that reads 2 also reads.
     pub fn encode_state(&self) -> Vec<u8> {
-        let state = StateRef {
+        match self.encode_state_v2() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "aggregator state falls back to format 1");
+                self.encode_state_v1()
+            }
+        }
+    }
+
+    fn encode_state_v2(&self) -> Result<Vec<u8>, AggregateError> {
+        let mut out = vec![STATE_FORMAT];
+        put_varint(&mut out, self.levels.len() as u64);
+        for level in &self.levels {
+            out.push(level.tier);
+            put_varint(&mut out, zigzag(level.step_ms));
+            put_varint(&mut out, zigzag(level.block_ms));
+        }
+        put_varint(&mut out, zigzag(self.ooo_ms));
+        for counter in [self.stats.late, self.stats.duplicate, self.stats.forced] {
+            put_varint(&mut out, counter);
+        }
+        put_varint(&mut out, self.out.len() as u64);
+        for block in &self.out {
+            out.push(block.tier);
+            put_varint(&mut out, block.series_id);
+            put_windows(&mut out, &block.windows)?;
+        }
+        put_varint(&mut out, self.series.len() as u64);
+        let mut previous_id = None;
+        let mut previous_newest = 0i64;
+        for (&id, st) in &self.series {
+            put_varint(
+                &mut out,
+                previous_id.map_or(id, |p: u64| id.wrapping_sub(p).wrapping_sub(1)),
+            );
+            previous_id = Some(id);
+            let mut flags = 0;
+            if st.counter {
+                flags |= SERIES_COUNTER;
+            }
+            if st.carry.is_some() {
+                flags |= SERIES_CARRY;
+            }
+            out.push(flags);
+            put_varint(&mut out, zigzag(st.newest.wrapping_sub(previous_newest)));
+            previous_newest = st.newest;
+            put_varint(&mut out, zigzag(st.newest.wrapping_sub(st.sealed_until)));
+            if let Some(carry) = st.carry {
+                out.extend_from_slice(&carry.to_bits().to_le_bytes());
+            }
+            put_varint(&mut out, st.raw.len().div_ceil(chunk::MAX_SAMPLES) as u64);
+            for piece in st.raw.chunks(chunk::MAX_SAMPLES) {
+                let bytes = chunk::encode(piece)
+                    .map_err(|e| AggregateError::State(format!("open samples: {e}")))?;
+                put_sized(&mut out, &bytes);
+            }
+            for level in &st.levels {
+                let after_block = level
+                    .block
+                    .last()
+                    .is_none_or(|last| level.open.is_none_or(|open| open.start_ms > last.start_ms));
+                let mode = match level.open {
+                    None => OPEN_NONE,
+                    Some(_) if after_block => OPEN_IN_BLOCK,
+                    Some(_) => OPEN_ALONE,
+                };
+                let has_block = !level.block.is_empty();
+                out.push(mode as u8 | u8::from(has_block) << 2);
+                match (mode, level.open) {
+                    (OPEN_IN_BLOCK, Some(open)) => {
+                        let mut windows = level.block.clone();
+                        windows.push(open);
+                        put_windows(&mut out, &windows)?;
+                    }
+                    (_, open) => {
+                        if has_block {
+                            put_windows(&mut out, &level.block)?;
+                        }
+                        if let Some(open) = open {
+                            put_windows(&mut out, &[open])?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// State format 1: the version byte, then postcard. Only a fallback now (and what
+    /// the tests use to check that old checkpoints still load).
+    fn encode_state_v1(&self) -> Vec<u8> {
+        let state = StateV1Ref {
             levels: &self.levels,
             ooo_ms: self.ooo_ms,
             series: &self.series,
@@ -603,17 +729,21 @@ impl Aggregator {
                 .collect(),
             stats: self.stats,
         };
-        let bytes = vec![STATE_FORMAT];
-        // Serializing plain data into a Vec cannot fail; an error would mean a bug in serde
-        // derive, and an empty state is then the safe answer (the log replays the rest).
-        match postcard::to_extend(&state, bytes) {
-            Ok(b) => b,
-            Err(_) => vec![STATE_FORMAT],
-        }
+        // Serializing plain data into a Vec cannot fail; were it to, the version byte
+        // alone is refused on restore rather than taken for an empty state.
+        postcard::to_extend(&state, vec![STATE_FORMAT_V1]).unwrap_or_else(|_| vec![STATE_FORMAT_V1])
     }
 
-    /// Restores a state written by [`Aggregator::encode_state`]. Refused if it was written
-    /// for other tiers or another out-of-order window than `tiers` and `config` give now.
+    /// Restores a state written by [`Aggregator::encode_state`], in format 2 or 1.
+    /// Refused if it was written for other tiers or another out-of-order window than
+    /// `tiers` and `config` give now, and if it breaks any invariant the aggregator
+    /// keeps (open samples ascending, after what is sealed and at most
+    /// [`MAX_OPEN_SAMPLES`]; windows on their grid, inside one block span, ascending).
+    ///
+    /// Total: any bytes give an aggregator or an error. What it allocates is bounded by
+    /// [`MAX_OPEN_SAMPLES`] samples and a block's windows per series, and each series
+    /// takes at least a few bytes of input; sizes are checked in the chunk and block
+    /// headers before anything is decoded.
     pub fn decode_state(
         bytes: &[u8],
         tiers: &Tiers,
@@ -623,43 +753,383 @@ impl Aggregator {
         let (&version, body) = bytes
             .split_first()
             .ok_or_else(|| AggregateError::State("empty".into()))?;
-        if version != STATE_FORMAT {
-            return Err(AggregateError::State(format!(
-                "format version {version}, this build reads {STATE_FORMAT}"
-            )));
-        }
-        let state: State =
-            postcard::from_bytes(body).map_err(|e| AggregateError::State(e.to_string()))?;
-        if state.levels != fresh.levels || state.ooo_ms != fresh.ooo_ms {
-            return Err(AggregateError::State(
-                "written for another tier configuration or out-of-order window".into(),
-            ));
-        }
-        let n = fresh.levels.len();
-        for st in state.series.values() {
-            if st.levels.len() != n || !st.raw.is_sorted_by(|a, b| a.0 < b.0) {
-                return Err(AggregateError::State("series state is inconsistent".into()));
+        let restored = match version {
+            STATE_FORMAT => decode_v2(body, &fresh)?,
+            STATE_FORMAT_V1 => decode_v1(body, &fresh)?,
+            _ => {
+                return Err(AggregateError::State(format!(
+                    "format version {version}, this build reads {STATE_FORMAT_V1} and \
+                     {STATE_FORMAT}"
+                )));
             }
+        };
+        for (id, st) in &restored.series {
+            check_series(&fresh.levels, st)
+                .map_err(|reason| AggregateError::State(format!("series {id}: {reason}")))?;
         }
-        Ok(Aggregator {
-            series: state.series,
-            out: state
-                .out
-                .into_iter()
-                .map(|(tier, series_id, windows)| SealedBlock {
-                    tier,
-                    series_id,
-                    windows,
-                })
-                .collect(),
-            stats: state.stats,
-            ..fresh
-        })
+        for block in &restored.out {
+            let level = fresh
+                .levels
+                .iter()
+                .find(|l| l.tier == block.tier)
+                .ok_or_else(|| {
+                    AggregateError::State(format!(
+                        "unsent block of tier {}, which is not aggregated",
+                        block.tier
+                    ))
+                })?;
+            if block.windows.is_empty() {
+                return Err(AggregateError::State("unsent block holds no window".into()));
+            }
+            check_block(level, &block.windows).map_err(|reason| {
+                AggregateError::State(format!(
+                    "unsent block of series {}: {reason}",
+                    block.series_id
+                ))
+            })?;
+        }
+        Ok(restored)
     }
 }
 
+/// Reads state format 1 (postcard).
+fn decode_v1(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateError> {
+    let (state, rest): (StateV1, _) =
+        postcard::take_from_bytes(body).map_err(|e| AggregateError::State(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(AggregateError::State(format!(
+            "{} bytes after the end",
+            rest.len()
+        )));
+    }
+    if state.levels != fresh.levels || state.ooo_ms != fresh.ooo_ms {
+        return Err(mismatch());
+    }
+    Ok(Aggregator {
+        levels: fresh.levels.clone(),
+        ooo_ms: fresh.ooo_ms,
+        series: state.series,
+        out: state
+            .out
+            .into_iter()
+            .map(|(tier, series_id, windows)| SealedBlock {
+                tier,
+                series_id,
+                windows,
+            })
+            .collect(),
+        stats: state.stats,
+    })
+}
+
+/// Reads state format 2; see [`Aggregator::encode_state`].
+fn decode_v2(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateError> {
+    let mut r = Reader {
+        bytes: body,
+        pos: 0,
+    };
+    if r.varint()? != fresh.levels.len() as u64 {
+        return Err(mismatch());
+    }
+    for level in &fresh.levels {
+        let (tier, step_ms, block_ms) = (r.byte()?, r.signed()?, r.signed()?);
+        if (tier, step_ms, block_ms) != (level.tier, level.step_ms, level.block_ms) {
+            return Err(mismatch());
+        }
+    }
+    if r.signed()? != fresh.ooo_ms {
+        return Err(mismatch());
+    }
+    let stats = AggregatorStats {
+        late: r.varint()?,
+        duplicate: r.varint()?,
+        forced: r.varint()?,
+    };
+    // Counts are not trusted for preallocation: every item takes input bytes, so a
+    // false count only runs into the end of the input.
+    let blocks = r.varint()?;
+    let mut out = Vec::new();
+    for _ in 0..blocks {
+        let tier = r.byte()?;
+        let series_id = r.varint()?;
+        let windows = r.windows(chunk::MAX_SAMPLES)?;
+        out.push(SealedBlock {
+            tier,
+            series_id,
+            windows,
+        });
+    }
+    let count = r.varint()?;
+    let mut series = BTreeMap::new();
+    let mut previous_id: Option<u64> = None;
+    let mut previous_newest = 0i64;
+    for _ in 0..count {
+        let gap = r.varint()?;
+        let id = match previous_id {
+            None => gap,
+            Some(p) => p
+                .checked_add(gap)
+                .and_then(|id| id.checked_add(1))
+                .ok_or_else(|| AggregateError::State("series id overflows".into()))?,
+        };
+        previous_id = Some(id);
+        let flags = r.byte()?;
+        if flags & !SERIES_KNOWN != 0 {
+            return Err(AggregateError::State(format!(
+                "series {id}: unknown flags {flags:#x}"
+            )));
+        }
+        let newest = previous_newest.wrapping_add(r.signed()?);
+        previous_newest = newest;
+        let sealed_until = newest.wrapping_sub(r.signed()?);
+        let carry = if flags & SERIES_CARRY != 0 {
+            Some(f64::from_bits(r.u64_le()?))
+        } else {
+            None
+        };
+        let raw = r.samples(MAX_OPEN_SAMPLES)?;
+        let mut levels = Vec::with_capacity(fresh.levels.len());
+        for level in &fresh.levels {
+            // A block's windows plus the open one.
+            let most = usize::try_from(level.block_ms / level.step_ms)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            let tag = r.byte()?;
+            let (mode, has_block) = (u64::from(tag & 3), tag & 4 != 0);
+            if tag & !7 != 0 || mode > OPEN_ALONE {
+                return Err(AggregateError::State(format!(
+                    "series {id}: bad level tag {tag:#x}"
+                )));
+            }
+            let mut state = LevelState::default();
+            if has_block || mode == OPEN_IN_BLOCK {
+                state.block = r.windows(most)?;
+                if mode == OPEN_IN_BLOCK {
+                    state.open = state.block.pop();
+                }
+                if has_block == state.block.is_empty() {
+                    return Err(AggregateError::State(format!(
+                        "series {id}: level tag disagrees with its windows"
+                    )));
+                }
+            }
+            if mode == OPEN_ALONE {
+                match r.windows(1)?.as_slice() {
+                    [open] => state.open = Some(*open),
+                    _ => {
+                        return Err(AggregateError::State(format!(
+                            "series {id}: open window missing"
+                        )));
+                    }
+                }
+            }
+            levels.push(state);
+        }
+        let st = SeriesState {
+            counter: flags & SERIES_COUNTER != 0,
+            newest,
+            sealed_until,
+            raw,
+            carry,
+            levels,
+        };
+        if series.insert(id, st).is_some() {
+            return Err(AggregateError::State(format!("series {id} appears twice")));
+        }
+    }
+    if r.pos != body.len() {
+        return Err(AggregateError::State(format!(
+            "{} bytes after the end",
+            body.len() - r.pos
+        )));
+    }
+    Ok(Aggregator {
+        levels: fresh.levels.clone(),
+        ooo_ms: fresh.ooo_ms,
+        series,
+        out,
+        stats,
+    })
+}
+
+fn mismatch() -> AggregateError {
+    AggregateError::State("written for another tier configuration or out-of-order window".into())
+}
+
+/// Checks what the aggregator keeps true of a series, so a restored state behaves as one
+/// that was never written.
+fn check_series(levels: &[Level], st: &SeriesState) -> Result<(), &'static str> {
+    if st.levels.len() != levels.len() {
+        return Err("holds another number of levels");
+    }
+    if st.raw.len() > MAX_OPEN_SAMPLES {
+        return Err("holds more open samples than allowed");
+    }
+    if !st.raw.is_sorted_by(|a, b| a.0 < b.0) {
+        return Err("open samples are not strictly ascending");
+    }
+    if st.raw.iter().any(|&(_, v)| is_stale_nan(v)) {
+        return Err("open samples hold a StaleNaN");
+    }
+    if let (Some(first), Some(last)) = (st.raw.first(), st.raw.last())
+        && (first.0 < st.sealed_until || last.0 > st.newest)
+    {
+        return Err("open samples lie outside the open windows");
+    }
+    for (i, (level, state)) in levels.iter().zip(&st.levels).enumerate() {
+        check_block(level, &state.block)?;
+        if let Some(open) = state.open {
+            if i == 0 {
+                return Err("the finest level holds an open window");
+            }
+            if open.start_ms.rem_euclid(level.step_ms) != 0 {
+                return Err("open window is off the step grid");
+            }
+            if state
+                .block
+                .last()
+                .is_some_and(|last| last.start_ms >= open.start_ms)
+            {
+                return Err("open window does not follow the pending ones");
+            }
+            check_window(&open)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks windows of one block: on the level's grid, ascending, inside one block span.
+fn check_block(level: &Level, windows: &[Aggregate]) -> Result<(), &'static str> {
+    let Some(first) = windows.first() else {
+        return Ok(());
+    };
+    let span = align_down(first.start_ms, level.block_ms);
+    for (i, w) in windows.iter().enumerate() {
+        if w.start_ms.rem_euclid(level.step_ms) != 0 {
+            return Err("window is off the step grid");
+        }
+        if align_down(w.start_ms, level.block_ms) != span {
+            return Err("windows straddle a block span");
+        }
+        if i > 0 && windows[i - 1].start_ms >= w.start_ms {
+            return Err("windows do not ascend");
+        }
+        check_window(w)?;
+    }
+    Ok(())
+}
+
+fn check_window(w: &Aggregate) -> Result<(), &'static str> {
+    if w.count == 0 {
+        return Err("window counts no sample");
+    }
+    Ok(())
+}
+
+/// Writes a length, then the bytes.
+fn put_sized(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes windows as a count of blocks, then each block sized.
+fn put_windows(out: &mut Vec<u8>, windows: &[Aggregate]) -> Result<(), AggregateError> {
+    put_varint(out, windows.len().div_ceil(chunk::MAX_SAMPLES) as u64);
+    for piece in windows.chunks(chunk::MAX_SAMPLES) {
+        put_sized(out, &encode_block(piece)?);
+    }
+    Ok(())
+}
+
+/// A cursor over state bytes; every read is checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn cut_short() -> AggregateError {
+        AggregateError::State("cut short".into())
+    }
+
+    fn byte(&mut self) -> Result<u8, AggregateError> {
+        let b = *self.bytes.get(self.pos).ok_or_else(Self::cut_short)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, AggregateError> {
+        get_varint(self.bytes, &mut self.pos).ok_or_else(Self::cut_short)
+    }
+
+    fn signed(&mut self) -> Result<i64, AggregateError> {
+        Ok(unzigzag(self.varint()?))
+    }
+
+    fn u64_le(&mut self) -> Result<u64, AggregateError> {
+        let bytes = self.take(8)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(word))
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], AggregateError> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len))
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(Self::cut_short)?;
+        let bytes = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn sized(&mut self) -> Result<&'a [u8], AggregateError> {
+        let len = self.varint()?;
+        self.take(len)
+    }
+
+    /// Samples written as chunks; more than `most` in all is refused before decoding.
+    fn samples(&mut self, most: usize) -> Result<Vec<(i64, f64)>, AggregateError> {
+        let pieces = self.varint()?;
+        let mut out = Vec::new();
+        for _ in 0..pieces {
+            let bytes = self.sized()?;
+            let bad = |source| AggregateError::State(format!("open samples: {source}"));
+            if out.len() + chunk::stats(bytes).map_err(bad)?.samples > most {
+                return Err(AggregateError::State("too many open samples".into()));
+            }
+            out.extend(chunk::decode(bytes).map_err(bad)?);
+        }
+        Ok(out)
+    }
+
+    /// Windows written as blocks; more than `most` in all is refused before decoding.
+    fn windows(&mut self, most: usize) -> Result<Vec<Aggregate>, AggregateError> {
+        let pieces = self.varint()?;
+        let mut out = Vec::new();
+        for _ in 0..pieces {
+            let bytes = self.sized()?;
+            if out.len() as u64 + block_len(bytes)? > most as u64 {
+                return Err(AggregateError::State("too many windows".into()));
+            }
+            out.extend(decode_block(bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The window count in a block's header, read without decoding it.
+fn block_len(bytes: &[u8]) -> Result<u64, AggregateError> {
+    let mut pos = 2;
+    if bytes.len() < pos {
+        return Err(AggregateError::Truncated);
+    }
+    get_varint(bytes, &mut pos).ok_or(AggregateError::Truncated)
+}
+
 #[derive(Serialize)]
-struct StateRef<'a> {
+struct StateV1Ref<'a> {
     levels: &'a Vec<Level>,
     ooo_ms: i64,
     series: &'a BTreeMap<u64, SeriesState>,
@@ -757,3 +1227,7 @@ fn emit(
 #[cfg(test)]
 #[path = "aggregate/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "aggregate/checkpoint_size.rs"]
+mod checkpoint_size;

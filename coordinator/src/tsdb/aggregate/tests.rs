@@ -475,3 +475,282 @@ fn blocks_never_straddle_a_partition() {
     }
     assert_eq!(blocks.iter().map(|b| b.windows.len()).sum::<usize>(), 40);
 }
+
+/// Pushes that leave an aggregator holding everything a checkpoint may hold: a counter
+/// with a reset, StaleNaN markers, samples out of order and repeated, a NaN payload, a
+/// late sample, windows pending in blocks of both aggregate tiers, an open 1 h window, and
+/// (unless the caller takes them) sealed blocks not yet taken. The second list continues
+/// the first.
+fn eventful_pushes() -> [Vec<(u64, bool, Vec<(i64, f64)>)>; 2] {
+    // 92 minutes into a 2 h block of the 5 m tier, so a block completes.
+    const T: i64 = 1_700_004_723_000;
+    let counter: Vec<(i64, f64)> = (0..160i64)
+        .map(|i| {
+            let v = match i {
+                70 => stale_nan(),
+                i if i >= 90 => (i - 90) as f64 * 1.5,
+                i => i as f64 * 3.0,
+            };
+            (T + i * 30_000, v)
+        })
+        .collect();
+    let gauge: Vec<(i64, f64)> = (0..50i64)
+        .map(|i| {
+            let v = if i == 17 {
+                f64::from_bits(0x7ff8_0000_0000_1234)
+            } else {
+                i as f64 * 0.25 - 3.0
+            };
+            (T + 7_000 + i * 60_000, v)
+        })
+        .collect();
+    let mut before = Vec::new();
+    for (n, batch) in counter[..120].chunks(10).enumerate() {
+        // Every other batch arrives in reverse order; one sample is sent twice.
+        let mut batch = batch.to_vec();
+        if n % 2 == 1 {
+            batch.reverse();
+        }
+        if n == 3 {
+            batch.push(batch[0]);
+        }
+        before.push((3, true, batch));
+    }
+    before.push((9, false, gauge[..40].to_vec()));
+    // Far behind what series 3 has sealed: counted as late.
+    before.push((3, true, vec![(T + 30_000, 2.0)]));
+    let after = vec![
+        (3, true, counter[120..].to_vec()),
+        (9, false, gauge[40..].to_vec()),
+    ];
+    [before, after]
+}
+
+/// The aggregator after the first list of [`eventful_pushes`], with Argus's tiers.
+fn eventful_aggregator() -> Aggregator {
+    let mut agg =
+        Aggregator::new(&Tiers::argus_defaults(), AggregatorConfig::new(10 * MIN)).unwrap();
+    let [before, _] = eventful_pushes();
+    for (i, (id, counter, samples)) in before.iter().enumerate() {
+        if i == 4 {
+            // Blocks sealed before this point were persisted; later ones are pending.
+            agg.take_blocks();
+        }
+        agg.push(*id, *counter, samples);
+    }
+    agg
+}
+
+/// Blocks compared bit for bit, so NaN sums compare equal to themselves.
+fn assert_same_blocks(a: &[SealedBlock], b: &[SealedBlock]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((x.tier, x.series_id), (y.tier, y.series_id));
+        assert_bit_eq(&x.windows, &y.windows);
+    }
+}
+
+/// Feeds the second list of [`eventful_pushes`], closes every window, and hands out all
+/// blocks.
+fn finish(mut agg: Aggregator) -> (Vec<SealedBlock>, AggregatorStats) {
+    let [_, after] = eventful_pushes();
+    for (id, counter, samples) in &after {
+        agg.push(*id, *counter, samples);
+    }
+    agg.advance_watermark(i64::MAX);
+    (agg.take_blocks(), agg.stats())
+}
+
+#[test]
+fn the_eventful_state_holds_what_it_claims() {
+    let agg = eventful_aggregator();
+    assert!(!agg.out.is_empty(), "blocks sealed but not taken");
+    assert_eq!(agg.stats.late, 1);
+    assert_eq!(agg.stats.duplicate, 1);
+    let counter = &agg.series[&3];
+    assert!(!counter.raw.is_empty() && counter.carry.is_some());
+    assert!(!counter.levels[0].block.is_empty(), "5 m windows pending");
+    assert!(counter.levels[1].open.is_some(), "an open 1 h window");
+    let (blocks, _) = finish(eventful_aggregator());
+    let nan_sum = blocks
+        .iter()
+        .flat_map(|b| &b.windows)
+        .any(|w| w.sum.to_bits() == 0x7ff8_0000_0000_1234);
+    assert!(
+        nan_sum,
+        "the NaN payload reaches a window's sum bit for bit"
+    );
+}
+
+#[test]
+fn state_round_trips_exactly_and_continues_as_if_never_written() {
+    let tiers = Tiers::argus_defaults();
+    let config = AggregatorConfig::new(10 * MIN);
+    let agg = eventful_aggregator();
+    let bytes = agg.encode_state();
+    assert_eq!(bytes[0], STATE_FORMAT);
+    let restored = Aggregator::decode_state(&bytes, &tiers, config).unwrap();
+    assert_eq!(restored.encode_state(), bytes);
+    for (id, st) in &agg.series {
+        let back = &restored.series[id];
+        let bits = |raw: &[(i64, f64)]| -> Vec<(i64, u64)> {
+            raw.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+        };
+        assert_eq!(bits(&back.raw), bits(&st.raw), "series {id}");
+        assert_eq!(
+            (back.newest, back.sealed_until, back.counter),
+            (st.newest, st.sealed_until, st.counter)
+        );
+    }
+    let (want, want_stats) = finish(agg);
+    let (got, got_stats) = finish(restored);
+    assert_same_blocks(&got, &want);
+    assert_eq!(got_stats, want_stats);
+}
+
+/// Version 1 bytes written by the build before format 2 (the same pushes): checkpoints
+/// outlive binaries, so they must still load, and continue exactly.
+const STATE_V1: &[u8] = include_bytes!("state-v1.bin");
+
+#[test]
+fn format_1_states_still_load() {
+    let tiers = Tiers::argus_defaults();
+    let config = AggregatorConfig::new(10 * MIN);
+    // The fallback writer still writes what the old build wrote.
+    assert_eq!(eventful_aggregator().encode_state_v1(), STATE_V1);
+    let old = Aggregator::decode_state(STATE_V1, &tiers, config).unwrap();
+    assert_eq!(old.encode_state(), eventful_aggregator().encode_state());
+    let (got, got_stats) = finish(old);
+    let (want, want_stats) = finish(eventful_aggregator());
+    assert_same_blocks(&got, &want);
+    assert_eq!(got_stats, want_stats);
+    // Small: its few samples and windows leave format 2 less to gain than on realistic
+    // data (see `checkpoint_size`).
+    let v2 = eventful_aggregator().encode_state().len();
+    assert!(
+        v2 * 3 < STATE_V1.len() * 2,
+        "{v2} bytes in format 2, {} in format 1",
+        STATE_V1.len()
+    );
+}
+
+#[test]
+fn damaged_states_are_refused_never_panic() {
+    let tiers = Tiers::argus_defaults();
+    let config = AggregatorConfig::new(10 * MIN);
+    for bytes in [eventful_aggregator().encode_state(), STATE_V1.to_vec()] {
+        for len in 0..bytes.len() {
+            assert!(
+                Aggregator::decode_state(&bytes[..len], &tiers, config).is_err(),
+                "cut at {len} of {}",
+                bytes.len()
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Aggregator::decode_state(&longer, &tiers, config).is_err());
+        for at in 0..bytes.len() {
+            for xor in [0x01, 0x80, 0xff] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= xor;
+                // A flip inside a value may still decode; it must not panic, and what it
+                // gives must be usable.
+                if let Ok(mut agg) = Aggregator::decode_state(&damaged, &tiers, config) {
+                    agg.push(3, true, &[(i64::MAX - 1, 1.0)]);
+                    agg.advance_watermark(i64::MAX);
+                    agg.take_blocks();
+                }
+            }
+        }
+    }
+    let mut unknown = eventful_aggregator().encode_state();
+    unknown[0] = STATE_FORMAT + 1;
+    let err = Aggregator::decode_state(&unknown, &tiers, config).unwrap_err();
+    assert!(err.to_string().contains("format version 3"), "{err}");
+}
+
+#[test]
+fn states_breaking_an_invariant_are_refused_in_either_format() {
+    let tiers = Tiers::argus_defaults();
+    let config = AggregatorConfig::new(10 * MIN);
+    let breakages: [(&str, fn(&mut SeriesState)); 7] = [
+        ("unsorted raw", |st| st.raw.reverse()),
+        ("stale raw", |st| st.raw[0].1 = stale_nan()),
+        ("raw before sealed", |st| st.sealed_until = st.raw[1].0),
+        ("raw after newest", |st| st.newest = st.raw[0].0),
+        ("open finest window", |st| {
+            st.levels[0].open = st.levels[0].block.first().copied()
+        }),
+        ("off-grid window", |st| st.levels[0].block[0].start_ms += 1),
+        ("open before pending", |st| {
+            let mut open = st.levels[1].open.unwrap();
+            open.start_ms = i64::MIN;
+            st.levels[1].open = Some(open);
+            st.levels[1].block.push(open);
+            st.levels[1].block[0].start_ms = 0;
+        }),
+    ];
+    for (what, breakage) in breakages {
+        let mut agg = eventful_aggregator();
+        breakage(agg.series.get_mut(&3).unwrap());
+        for bytes in [agg.encode_state(), agg.encode_state_v1()] {
+            assert!(
+                Aggregator::decode_state(&bytes, &tiers, config).is_err(),
+                "{what} (format {})",
+                bytes[0]
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A checkpoint at any point, with samples out of order, StaleNaN and NaN payloads,
+    /// changes nothing of what comes out.
+    #[test]
+    fn a_checkpoint_anywhere_changes_nothing(
+        s in series(),
+        counter: bool,
+        split: prop::sample::Index,
+        batch in 1usize..30,
+        nan: prop::sample::Index,
+    ) {
+        let tiers = tiers_5m_1h();
+        let config = AggregatorConfig::new(10 * MIN);
+        let mut s = s;
+        let at = nan.index(s.len());
+        s[at].1 = f64::from_bits(0x7ff8_dead_beef_0001);
+        let (first, second) = s.split_at(split.index(s.len() + 1));
+        let mut straight = Aggregator::new(&tiers, config).unwrap();
+        let feed = |agg: &mut Aggregator, part: &[(i64, f64)]| {
+            for (n, b) in part.chunks(batch).enumerate() {
+                let mut b = b.to_vec();
+                if n % 3 == 1 {
+                    b.reverse();
+                }
+                agg.push(5, counter, &b);
+            }
+        };
+        feed(&mut straight, first);
+        let bytes = straight.encode_state();
+        let mut restored = Aggregator::decode_state(&bytes, &tiers, config).unwrap();
+        prop_assert_eq!(restored.encode_state(), bytes);
+        feed(&mut straight, second);
+        feed(&mut restored, second);
+        straight.advance_watermark(i64::MAX);
+        restored.advance_watermark(i64::MAX);
+        assert_same_blocks(&restored.take_blocks(), &straight.take_blocks());
+        prop_assert_eq!(restored.stats(), straight.stats());
+    }
+
+    #[test]
+    fn arbitrary_state_bytes_never_panic(
+        version in 1u8..=2,
+        bytes in prop::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let mut b = vec![version];
+        b.extend_from_slice(&bytes);
+        let _ = Aggregator::decode_state(&b, &tiers_5m_1h(), AggregatorConfig::new(10 * MIN));
+    }
+}
