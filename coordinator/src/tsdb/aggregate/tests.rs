@@ -476,12 +476,15 @@ fn blocks_never_straddle_a_partition() {
     assert_eq!(blocks.iter().map(|b| b.windows.len()).sum::<usize>(), 40);
 }
 
+/// One push: series id, counter or not, samples.
+type Push = (u64, bool, Vec<(i64, f64)>);
+
 /// Pushes that leave an aggregator holding everything a checkpoint may hold: a counter
 /// with a reset, StaleNaN markers, samples out of order and repeated, a NaN payload, a
 /// late sample, windows pending in blocks of both aggregate tiers, an open 1 h window, and
 /// (unless the caller takes them) sealed blocks not yet taken. The second list continues
 /// the first.
-fn eventful_pushes() -> [Vec<(u64, bool, Vec<(i64, f64)>)>; 2] {
+fn eventful_pushes() -> [Vec<Push>; 2] {
     // 92 minutes into a 2 h block of the 5 m tier, so a block completes.
     const T: i64 = 1_700_004_723_000;
     let counter: Vec<(i64, f64)> = (0..160i64)
@@ -669,11 +672,14 @@ fn damaged_states_are_refused_never_panic() {
     assert!(err.to_string().contains("format version 3"), "{err}");
 }
 
+/// What a breakage is called, and what it does to series 3.
+type Breakage = (&'static str, fn(&mut SeriesState));
+
 #[test]
 fn states_breaking_an_invariant_are_refused_in_either_format() {
     let tiers = Tiers::argus_defaults();
     let config = AggregatorConfig::new(10 * MIN);
-    let breakages: [(&str, fn(&mut SeriesState)); 7] = [
+    let breakages: [Breakage; 7] = [
         ("unsorted raw", |st| st.raw.reverse()),
         ("stale raw", |st| st.raw[0].1 = stale_nan()),
         ("raw before sealed", |st| st.sealed_until = st.raw[1].0),
