@@ -18,6 +18,7 @@
 //! postings. Label values are stored once per distinct value in the postings.
 
 use super::TsdbError;
+use super::bits::{get_varint, put_varint};
 use argus_common::model::{Labels, MetricType, is_valid_label_name, is_valid_metric_name};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -38,8 +39,21 @@ pub const MAX_REGEX_LEN: usize = 4096;
 /// `(a{1000}){1000}` is refused with an error instead of eating memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-/// Written before every serialized [`IndexSnapshot`] (DESIGN §3.7).
-pub const INDEX_SNAPSHOT_VERSION: u8 = 1;
+/// Written before every serialized [`IndexSnapshot`] (DESIGN §3.7). Version 2 names
+/// every string once (see [`IndexSnapshot::to_bytes`]); version 1, plain postcard that
+/// repeats `instance`, `job` and their values in every series, is still read.
+pub const INDEX_SNAPSHOT_VERSION: u8 = 2;
+
+/// The first snapshot format: the version byte, then postcard of [`IndexSnapshot`].
+const INDEX_SNAPSHOT_V1: u8 = 1;
+
+/// Decoded strings of a version-2 snapshot may add up to this many times its length plus
+/// [`EXPANSION_SLACK`]: a string named once and used by many series is copied into
+/// each, so without a bound a small hostile snapshot could ask for gigabytes. Real
+/// indexes expand 2–10 times; reaching 256 would take label pairs averaging 512 bytes, all
+/// shared.
+const MAX_EXPANSION: usize = 256;
+const EXPANSION_SLACK: usize = 16 << 20;
 
 /// What is known about a metric (per metric name, not per series).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,39 +185,225 @@ pub struct IndexSnapshot {
 }
 
 impl IndexSnapshot {
-    /// The version byte, then the postcard encoding.
+    /// Format 2: the version byte; the next id; a table of every distinct string (metric
+    /// names, label names and values, units, help texts), each written once in order of
+    /// first use; the series in id order, each its id as the gap from the previous one,
+    /// then the table positions of its name and of each label's name and value; then the
+    /// metadata by table positions, the type as postcard writes it. All integers are LEB128
+    /// varints. Deterministic: the same index gives the same bytes on every node.
     pub fn to_bytes(&self) -> Result<Vec<u8>, TsdbError> {
-        postcard::to_extend(self, vec![INDEX_SNAPSHOT_VERSION]).map_err(|e| TsdbError::Corrupt {
-            what: "index snapshot",
-            reason: e.to_string(),
-        })
+        let mut table = StringTable::default();
+        let mut body = Vec::new();
+        put_varint(&mut body, self.series.len() as u64);
+        let mut previous: Option<SeriesId> = None;
+        for (id, s) in &self.series {
+            put_varint(
+                &mut body,
+                previous.map_or(*id, |p| id.wrapping_sub(p).wrapping_sub(1)),
+            );
+            previous = Some(*id);
+            table.put(&mut body, &s.name);
+            put_varint(&mut body, s.labels.len() as u64);
+            for (k, v) in s.labels.iter() {
+                table.put(&mut body, k);
+                table.put(&mut body, v);
+            }
+        }
+        put_varint(&mut body, self.metadata.len() as u64);
+        for (name, m) in &self.metadata {
+            table.put(&mut body, name);
+            body = postcard::to_extend(&m.kind, body).map_err(|e| TsdbError::Corrupt {
+                what: "index snapshot",
+                reason: e.to_string(),
+            })?;
+            table.put(&mut body, &m.unit);
+            table.put(&mut body, &m.help);
+        }
+        let mut out = vec![INDEX_SNAPSHOT_VERSION];
+        put_varint(&mut out, self.next_id);
+        put_varint(&mut out, table.strings.len() as u64);
+        for s in &table.strings {
+            put_varint(&mut out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&body);
+        Ok(out)
     }
 
-    /// Decodes what [`IndexSnapshot::to_bytes`] wrote; validation happens in
-    /// [`SeriesIndex::restore`].
+    /// Decodes what [`IndexSnapshot::to_bytes`] wrote, in format 2 or 1; validation of
+    /// the contents happens in [`SeriesIndex::restore`]. Total: bad bytes give an error,
+    /// and the strings it builds are bounded by [`MAX_EXPANSION`] times the input.
     pub fn from_bytes(bytes: &[u8]) -> Result<IndexSnapshot, TsdbError> {
-        let (&version, body) = bytes.split_first().ok_or(TsdbError::Corrupt {
-            what: "index snapshot",
-            reason: "empty".into(),
-        })?;
-        if version != INDEX_SNAPSHOT_VERSION {
-            return Err(TsdbError::UnsupportedVersion {
+        let (&version, body) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
+        match version {
+            INDEX_SNAPSHOT_VERSION => decode_v2(body),
+            INDEX_SNAPSHOT_V1 => {
+                let (snapshot, rest) =
+                    postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+                if !rest.is_empty() {
+                    return Err(corrupt(format!("{} bytes after the end", rest.len())));
+                }
+                Ok(snapshot)
+            }
+            _ => Err(TsdbError::UnsupportedVersion {
                 what: "index snapshot",
                 found: version,
                 supported: INDEX_SNAPSHOT_VERSION,
-            });
+            }),
         }
-        let (snapshot, rest) = postcard::take_from_bytes(body).map_err(|e| TsdbError::Corrupt {
-            what: "index snapshot",
-            reason: e.to_string(),
+    }
+}
+
+fn corrupt(reason: String) -> TsdbError {
+    TsdbError::Corrupt {
+        what: "index snapshot",
+        reason,
+    }
+}
+
+/// Strings of a snapshot being written, each given a position on first use.
+#[derive(Default)]
+struct StringTable<'a> {
+    strings: Vec<&'a str>,
+    positions: HashMap<&'a str, u64>,
+}
+
+impl<'a> StringTable<'a> {
+    /// Writes the string's position, adding it to the table if it is new.
+    fn put(&mut self, out: &mut Vec<u8>, s: &'a str) {
+        let next = self.strings.len() as u64;
+        let position = *self.positions.entry(s).or_insert(next);
+        if position == next {
+            self.strings.push(s);
+        }
+        put_varint(out, position);
+    }
+}
+
+/// Reads a format-2 snapshot.
+fn decode_v2(body: &[u8]) -> Result<IndexSnapshot, TsdbError> {
+    let mut r = Reader {
+        bytes: body,
+        pos: 0,
+        budget: body
+            .len()
+            .saturating_mul(MAX_EXPANSION)
+            .saturating_add(EXPANSION_SLACK),
+    };
+    let next_id = r.varint()?;
+    // Counts are not trusted for preallocation: every item takes input bytes, so a false
+    // count only runs into the end of the input.
+    let strings = r.varint()?;
+    let mut table: Vec<&str> = Vec::new();
+    for _ in 0..strings {
+        let len = r.varint()?;
+        let bytes = r.take(len)?;
+        table
+            .push(std::str::from_utf8(bytes).map_err(|_| corrupt("a string is not UTF-8".into()))?);
+    }
+    let count = r.varint()?;
+    let mut series = Vec::new();
+    let mut previous: Option<SeriesId> = None;
+    for _ in 0..count {
+        let gap = r.varint()?;
+        let id = match previous {
+            None => gap,
+            Some(p) => p
+                .checked_add(gap)
+                .and_then(|id| id.checked_add(1))
+                .ok_or_else(|| corrupt("series id overflows".into()))?,
+        };
+        previous = Some(id);
+        let name = r.string(&table)?;
+        let pairs = r.varint()?;
+        let mut labels = Labels::new();
+        let mut last: Option<&str> = None;
+        for _ in 0..pairs {
+            let k = r.string_ref(&table)?;
+            let v = r.string(&table)?;
+            // Kept as written: restore refuses labels that are not canonical.
+            if last.is_some_and(|last| last >= k) {
+                return Err(corrupt(format!(
+                    "series {id}: labels are not sorted by name"
+                )));
+            }
+            last = Some(k);
+            r.spend(k.len())?;
+            labels.set(k, v);
+        }
+        series.push((id, Series { name, labels }));
+    }
+    let count = r.varint()?;
+    let mut metadata = Vec::new();
+    for _ in 0..count {
+        let name = r.string(&table)?;
+        let (kind, rest) = postcard::take_from_bytes::<MetricType>(&body[r.pos..])
+            .map_err(|e| corrupt(format!("metadata of {name:?}: {e}")))?;
+        r.pos = body.len() - rest.len();
+        let unit = r.string(&table)?;
+        let help = r.string(&table)?;
+        metadata.push((name, Metadata { kind, unit, help }));
+    }
+    if r.pos != body.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the end",
+            body.len() - r.pos
+        )));
+    }
+    Ok(IndexSnapshot {
+        next_id,
+        series,
+        metadata,
+    })
+}
+
+/// A cursor over snapshot bytes; every read is checked, and the strings it hands out
+/// are counted against a budget.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    budget: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, TsdbError> {
+        get_varint(self.bytes, &mut self.pos).ok_or_else(|| corrupt("cut short".into()))
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], TsdbError> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len))
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| corrupt("cut short".into()))?;
+        let bytes = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn spend(&mut self, len: usize) -> Result<(), TsdbError> {
+        self.budget = self.budget.checked_sub(len).ok_or_else(|| {
+            corrupt(format!(
+                "strings expand past {MAX_EXPANSION} times the snapshot"
+            ))
         })?;
-        if !rest.is_empty() {
-            return Err(TsdbError::Corrupt {
-                what: "index snapshot",
-                reason: format!("{} bytes after the end", rest.len()),
-            });
-        }
-        Ok(snapshot)
+        Ok(())
+    }
+
+    /// A string of the table by position, not yet counted.
+    fn string_ref<'t>(&mut self, table: &[&'t str]) -> Result<&'t str, TsdbError> {
+        let position = self.varint()?;
+        usize::try_from(position)
+            .ok()
+            .and_then(|i| table.get(i).copied())
+            .ok_or_else(|| corrupt(format!("string {position} is not in the table")))
+    }
+
+    /// A string of the table by position, copied and counted.
+    fn string(&mut self, table: &[&str]) -> Result<String, TsdbError> {
+        let s = self.string_ref(table)?;
+        self.spend(s.len())?;
+        Ok(s.to_owned())
     }
 }
 

@@ -370,11 +370,145 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_snapshot_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let mut b = vec![INDEX_SNAPSHOT_VERSION];
+    fn arbitrary_snapshot_bytes_never_panic(
+        version in 1u8..=2,
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut b = vec![version];
         b.extend_from_slice(&bytes);
         if let Ok(s) = IndexSnapshot::from_bytes(&b) {
             let _ = SeriesIndex::restore(s);
         }
     }
+}
+
+/// The fleet with a gap in its ids and metadata: what the format tests encode.
+fn fleet_snapshot() -> IndexSnapshot {
+    let (mut idx, _) = fleet();
+    idx.remove(&[2]);
+    idx.set_metadata(
+        "up",
+        Metadata {
+            kind: MetricType::Gauge,
+            unit: String::new(),
+            help: "1 if the target answered.".into(),
+        },
+    )
+    .unwrap();
+    idx.set_metadata(
+        "node_cpu_seconds_total",
+        Metadata {
+            kind: MetricType::Counter,
+            unit: "seconds".into(),
+            help: "Seconds the CPUs spent in each mode.".into(),
+        },
+    )
+    .unwrap();
+    idx.snapshot()
+}
+
+/// Version 1 bytes of [`fleet_snapshot`], as the build before format 2 wrote them:
+/// checkpoints outlive binaries, so they must still load.
+const SNAPSHOT_V1: &[u8] = include_bytes!("snapshot-v1.bin");
+
+#[test]
+fn format_1_snapshots_still_load() {
+    // Format 1 is the version byte and postcard of the unchanged struct.
+    let v1 = postcard::to_extend(&fleet_snapshot(), vec![1]).unwrap();
+    assert_eq!(v1, SNAPSHOT_V1);
+    assert_eq!(
+        IndexSnapshot::from_bytes(SNAPSHOT_V1).unwrap(),
+        fleet_snapshot()
+    );
+    let mut longer = SNAPSHOT_V1.to_vec();
+    longer.push(0);
+    assert!(IndexSnapshot::from_bytes(&longer).is_err());
+}
+
+#[test]
+fn format_2_round_trips_and_names_each_string_once() {
+    let snapshot = fleet_snapshot();
+    let bytes = snapshot.to_bytes().unwrap();
+    assert_eq!(bytes[0], INDEX_SNAPSHOT_VERSION);
+    let back = IndexSnapshot::from_bytes(&bytes).unwrap();
+    assert_eq!(back, snapshot);
+    assert_eq!(back.to_bytes().unwrap(), bytes, "deterministic");
+    // "instance", "job" and "node" recur in most series but are written once each.
+    let count = |needle: &[u8]| bytes.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(count(b"instance"), 1);
+    assert_eq!(count(b"node"), 1 + count(b"node_cpu_seconds_total"));
+    assert!(
+        bytes.len() < SNAPSHOT_V1.len(),
+        "{} vs {}",
+        bytes.len(),
+        SNAPSHOT_V1.len()
+    );
+
+    let empty = SeriesIndex::new().snapshot();
+    assert_eq!(
+        IndexSnapshot::from_bytes(&empty.to_bytes().unwrap()).unwrap(),
+        empty
+    );
+}
+
+#[test]
+fn damaged_format_2_snapshots_are_refused_never_panic() {
+    let bytes = fleet_snapshot().to_bytes().unwrap();
+    for len in 0..bytes.len() {
+        assert!(
+            IndexSnapshot::from_bytes(&bytes[..len]).is_err(),
+            "cut at {len}"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(IndexSnapshot::from_bytes(&longer).is_err());
+    for at in 1..bytes.len() {
+        for xor in [0x01, 0x80, 0xff] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= xor;
+            if let Ok(s) = IndexSnapshot::from_bytes(&damaged) {
+                let _ = SeriesIndex::restore(s);
+            }
+        }
+    }
+    // Hand-made: [version, next id, strings..., series..., metadata count].
+    let cases: [(&str, &[u8]); 4] = [
+        ("not UTF-8", &[2, 5, 1, 2, 0xc3, 0x28, 0, 0]),
+        (
+            "position past the table",
+            &[2, 5, 1, 2, b'u', b'p', 1, 0, 1, 0, 0],
+        ),
+        (
+            "labels out of order",
+            &[
+                2, 5, 3, 1, b'x', 1, b'b', 1, b'a', 1, 0, 0, 2, 1, 0, 2, 0, 0,
+            ],
+        ),
+        (
+            "bad metric type",
+            &[2, 5, 1, 2, b'u', b'p', 0, 1, 0, 99, 0, 0],
+        ),
+    ];
+    for (what, b) in cases {
+        assert!(IndexSnapshot::from_bytes(b).is_err(), "{what}");
+    }
+}
+
+/// One long string named by a thousand series would copy 64 MiB out of 70 KiB: refused
+/// before it is built.
+#[test]
+fn strings_cannot_expand_without_bound() {
+    let long = vec![b'a'; 1 << 16];
+    let mut b = vec![2, 0];
+    b.push(1);
+    b.extend_from_slice(&[0x80, 0x80, 0x04]); // 65,536
+    b.extend_from_slice(&long);
+    b.extend_from_slice(&[0xe8, 0x07]); // 1,000 series
+    for _ in 0..1_000 {
+        b.extend_from_slice(&[0, 0, 0]);
+    }
+    b.push(0);
+    let err = IndexSnapshot::from_bytes(&b).unwrap_err();
+    assert!(err.to_string().contains("expand"), "{err}");
 }
