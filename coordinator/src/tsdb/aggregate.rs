@@ -438,6 +438,13 @@ struct Level {
     block_ms: i64,
 }
 
+impl Level {
+    /// Most windows one block of this level holds.
+    fn windows_per_block(&self) -> usize {
+        usize::try_from(self.block_ms / self.step_ms).unwrap_or(usize::MAX)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct LevelState {
     /// The coarse window being filled from sealed finer windows (unused for the finest).
@@ -852,7 +859,16 @@ fn decode_v2(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateErr
     for _ in 0..blocks {
         let tier = r.byte()?;
         let series_id = r.varint()?;
-        let windows = r.windows(chunk::MAX_SAMPLES)?;
+        let level = fresh
+            .levels
+            .iter()
+            .find(|l| l.tier == tier)
+            .ok_or_else(|| {
+                AggregateError::State(format!(
+                    "unsent block of tier {tier}, which is not aggregated"
+                ))
+            })?;
+        let windows = r.windows(level.windows_per_block())?;
         out.push(SealedBlock {
             tier,
             series_id,
@@ -891,9 +907,7 @@ fn decode_v2(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateErr
         let mut levels = Vec::with_capacity(fresh.levels.len());
         for level in &fresh.levels {
             // A block's windows plus the open one.
-            let most = usize::try_from(level.block_ms / level.step_ms)
-                .unwrap_or(usize::MAX)
-                .saturating_add(1);
+            let most = level.windows_per_block().saturating_add(1);
             let tag = r.byte()?;
             let (mode, has_block) = (u64::from(tag & 3), tag & 4 != 0);
             if tag & !7 != 0 || mode > OPEN_ALONE {
@@ -907,7 +921,9 @@ fn decode_v2(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateErr
                 if mode == OPEN_IN_BLOCK {
                     state.open = state.block.pop();
                 }
-                if has_block == state.block.is_empty() {
+                if has_block == state.block.is_empty()
+                    || (mode == OPEN_IN_BLOCK && state.open.is_none())
+                {
                     return Err(AggregateError::State(format!(
                         "series {id}: level tag disagrees with its windows"
                     )));
@@ -933,9 +949,8 @@ fn decode_v2(body: &[u8], fresh: &Aggregator) -> Result<Aggregator, AggregateErr
             carry,
             levels,
         };
-        if series.insert(id, st).is_some() {
-            return Err(AggregateError::State(format!("series {id} appears twice")));
-        }
+        // Ids strictly ascend by construction, so none is replaced.
+        series.insert(id, st);
     }
     if r.pos != body.len() {
         return Err(AggregateError::State(format!(
@@ -1003,6 +1018,9 @@ fn check_block(level: &Level, windows: &[Aggregate]) -> Result<(), &'static str>
     let Some(first) = windows.first() else {
         return Ok(());
     };
+    if windows.len() > level.windows_per_block() {
+        return Err("more windows than a block holds");
+    }
     let span = align_down(first.start_ms, level.block_ms);
     for (i, w) in windows.iter().enumerate() {
         if w.start_ms.rem_euclid(level.step_ms) != 0 {

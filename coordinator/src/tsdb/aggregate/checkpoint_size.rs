@@ -239,6 +239,20 @@ fn print_checkpoint_bytes_per_series() {
             agg.open_samples(),
             i + h + a,
         );
+        let snapshot = head.checkpoint().unwrap();
+        let chunk_bytes: usize = snapshot
+            .series
+            .iter()
+            .flat_map(|s| &s.chunks)
+            .map(Vec::len)
+            .sum();
+        let chunks: usize = snapshot.series.iter().map(|s| s.chunks.len()).sum();
+        println!(
+            "     head: chunk bytes {:.0} B in {:.2} chunks, framing {:.0} B per series",
+            chunk_bytes as f64 / 2_000.0,
+            chunks as f64 / 2_000.0,
+            h - chunk_bytes as f64 / 2_000.0,
+        );
         let (mut raw, mut windows, mut count) = (0usize, 0usize, 0usize);
         for st in agg.series.values() {
             raw += chunk::encode(&st.raw).unwrap().len();

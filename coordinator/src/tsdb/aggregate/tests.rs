@@ -707,6 +707,18 @@ fn states_breaking_an_invariant_are_refused_in_either_format() {
             );
         }
     }
+    // An unsent block reaching into another block span.
+    let mut agg = eventful_aggregator();
+    let mut far = agg.out[0].windows[0];
+    far.start_ms += 7 * 86_400_000;
+    agg.out[0].windows.push(far);
+    for bytes in [agg.encode_state(), agg.encode_state_v1()] {
+        assert!(
+            Aggregator::decode_state(&bytes, &tiers, config).is_err(),
+            "format {}",
+            bytes[0]
+        );
+    }
 }
 
 proptest! {
