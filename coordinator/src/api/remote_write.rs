@@ -501,15 +501,18 @@ struct Decoder<'a, 'l> {
     total_samples: usize,
     tally: [Tally; RefuseReason::ALL.len()],
     /// Reused across series: labels as sent, borrowed from the input.
-    raw_labels: Vec<(&'a [u8], &'a [u8])>,
+    raw_labels: Vec<RawLabel<'a>>,
     /// Reused across series: the same labels once known to be UTF-8.
     labels: Vec<(&'a str, &'a str)>,
     /// Reused across series: the float samples of the `TimeSeries` being read.
     samples: Vec<(TimestampMs, f64)>,
     /// Label sets seen in this request, exactly as sent, and what became of them.
-    seen: HashMap<Vec<(&'a [u8], &'a [u8])>, Seen, foldhash::fast::RandomState>,
+    seen: HashMap<Vec<RawLabel<'a>>, Seen, foldhash::fast::RandomState>,
     batch: WriteBatch,
 }
+
+/// A label's name and value as sent, borrowed from the decompressed body.
+type RawLabel<'a> = (&'a [u8], &'a [u8]);
 
 /// What became of a label set earlier in the same request.
 #[derive(Clone, Copy)]
