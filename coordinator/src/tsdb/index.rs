@@ -24,7 +24,7 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
 /// A series' id, unique within one store (not global: DESIGN §8).
 pub type SeriesId = u64;
@@ -167,8 +167,10 @@ pub struct SeriesIndex {
     next_id: SeriesId,
     series: BTreeMap<SeriesId, Series>,
     /// Hash of (name, labels) → ids with that hash (almost always one).
-    by_hash: HashMap<u64, Vec<SeriesId>>,
-    hasher: RandomState,
+    by_hash: HashMap<u64, Vec<SeriesId>, foldhash::fast::RandomState>,
+    /// Seeded per process, so label sets cannot be chosen to collide; foldhash because
+    /// every pushed series is hashed on the write path, and SipHash showed in profiles.
+    hasher: foldhash::quality::RandomState,
     /// Label name → value → sorted ids; the metric name under `__name__`.
     postings: BTreeMap<String, BTreeMap<String, Vec<SeriesId>>>,
     metadata: BTreeMap<String, Metadata>,
