@@ -629,8 +629,8 @@ fn compact_argus_offline(data: &Path) -> Result<String> {
     let store = Store::open(data.join("tsdb"), StoreConfig::new(tiers.clone()))?;
     store.flush_and_compact()?;
     let usage = store.disk_usage()?;
-    let checkpoint = store
-        .get_meta(b"checkpoint")?
+    let checkpoint = std::fs::read(data.join("checkpoint"))
+        .ok()
         .and_then(|cp| checkpoint_parts(&cp));
     drop(store);
     let db = fjall::Database::builder(data.join("raft")).open()?;

@@ -7,6 +7,7 @@
 use crate::api::http::{AppState, HttpCounters, router};
 use crate::cluster::{FjallLogStorage, NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
 use crate::state::machine::Outcome;
+use crate::state::checkpoint_file::CheckpointFile;
 use crate::state::replica::{Replica, ReplicaConfig};
 use crate::tsdb::store::{Store, StoreConfig};
 use crate::tsdb::tier::Tiers;
@@ -153,7 +154,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let tsdb_dir = cfg.data_dir.join("tsdb");
     let log = FjallLogStorage::open(&log_dir)?;
     let store = Arc::new(Store::open(&tsdb_dir, StoreConfig::new(cfg.tiers.clone()))?);
-    let replica = Replica::open(store.clone(), cfg.replica)?;
+    let replica = Replica::open(store.clone(), CheckpointFile::new(&cfg.data_dir), cfg.replica)?;
     let state = replica.shared();
     tracing::info!(
         data_dir = %cfg.data_dir.display(),

@@ -33,6 +33,7 @@ use argus_coordinator::cluster::{
     FjallLogStorage, NoPeers, NodeConfig, ProposeError, RaftNode, spawn,
 };
 use argus_coordinator::server::ServeConfig;
+use argus_coordinator::state::checkpoint_file::CheckpointFile;
 use argus_coordinator::state::entry::Entry;
 use argus_coordinator::state::replica::Replica;
 use argus_coordinator::tsdb::store::{Store, StoreConfig};
@@ -408,7 +409,8 @@ fn read_back(data: &Path) -> BTreeMap<(usize, usize), Vec<(i64, f64)>> {
     let store = Arc::new(
         Store::open(data.join("tsdb"), StoreConfig::new(cfg.tiers.clone())).expect("open store"),
     );
-    let replica = Replica::open(store.clone(), cfg.replica).expect("open replica");
+    let replica =
+        Replica::open(store.clone(), CheckpointFile::new(data), cfg.replica).expect("open replica");
     let checkpoint = replica.checkpointed();
     let state = replica.shared();
     let parts = RaftNode::build(NodeConfig::default(), log, NoPeers, replica).expect("build node");

@@ -5,7 +5,9 @@
 //! - [`dedup`]: exactly-once apply of agent batches over at-least-once delivery.
 //! - [`machine`]: what each entry does to the series index, head and agent state.
 //! - [`replica`]: the machine as the Raft node drives it: store writes and checkpoints.
+//! - [`checkpoint_file`]: where a checkpoint is kept, replaced atomically.
 
+pub mod checkpoint_file;
 pub mod dedup;
 pub mod entry;
 pub mod machine;

@@ -4,13 +4,15 @@
 //! Durability lives in the log. The store is written without fsync; every
 //! `checkpoint_interval_ms` of leader time, `checkpoint_entries` entries or
 //! `checkpoint_samples` samples, whichever comes first, the replica writes
-//! the head, index and dedup state together with the applied index they cover, in one
-//! atomic store batch, and syncs it. Aggregate windows for the downsampled tiers are
+//! the sealed chunks, syncs the store, and then writes the head, index and dedup state
+//! together with the applied index they cover to the checkpoint file
+//! ([`super::checkpoint_file`]). Aggregate windows for the downsampled tiers are
 //! written the same way as sealed raw chunks. Only then may the log be compacted up to that
 //! index. A restart loads the last checkpoint and the node replays the log after it;
 //! chunks sealed again during the replay overwrite the same keys with the same bytes,
 //! because apply is deterministic.
 
+use super::checkpoint_file::{CheckpointFile, CheckpointFileError};
 use super::entry::Entry;
 use super::machine::{Checkpoint, Limits, Outcome, StateError, StateMachine};
 use crate::cluster::{Apply, CommittedEntry, EntryKind};
@@ -18,7 +20,8 @@ use crate::tsdb::HeadConfig;
 use crate::tsdb::store::{ChunkRef, Store, StoreError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// Where the store kept the checkpoint before it had a file of its own.
+const LEGACY_CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const CHECKPOINT_VERSION: u8 = 1;
 
 /// The state machine shared between the apply thread (writer) and HTTP readers.
@@ -56,6 +59,8 @@ pub enum ReplicaError {
     State(#[from] StateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    CheckpointFile(#[from] CheckpointFileError),
     #[error("log entry {index}: {reason}")]
     Entry { index: u64, reason: String },
     #[error("the state lock was poisoned by a panic on another thread")]
@@ -67,6 +72,10 @@ pub enum ReplicaError {
 pub struct Replica {
     state: SharedState,
     store: Arc<Store>,
+    checkpoint: CheckpointFile,
+    /// The store still holds a checkpoint of the old layout, removed after the first
+    /// checkpoint file is written.
+    legacy_checkpoint: bool,
     config: ReplicaConfig,
     /// Index covered by the last synced checkpoint.
     checkpointed: u64,
@@ -77,9 +86,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the replica on `store`, from its last checkpoint if there is one.
-    pub fn open(store: Arc<Store>, config: ReplicaConfig) -> Result<Replica, ReplicaError> {
-        let sm = match store.get_meta(CHECKPOINT_KEY)? {
+    /// Opens the replica on `store`, from its last checkpoint (in `checkpoint`, or in the
+    /// store where binaries before the checkpoint file kept it) if there is one.
+    pub fn open(
+        store: Arc<Store>,
+        checkpoint: CheckpointFile,
+        config: ReplicaConfig,
+    ) -> Result<Replica, ReplicaError> {
+        let legacy = store.get_meta(LEGACY_CHECKPOINT_KEY)?;
+        let legacy_checkpoint = legacy.is_some();
+        let sm = match checkpoint.read()?.or(legacy) {
             Some(bytes) => {
                 let cp = decode_checkpoint(&bytes)?;
                 StateMachine::restore(&cp, config.head, config.limits, store.tiers())?
@@ -90,6 +106,8 @@ impl Replica {
         Ok(Replica {
             state: Arc::new(RwLock::new(sm)),
             store,
+            checkpoint,
+            legacy_checkpoint,
             config,
             checkpointed,
             checkpointed_at_ms,
@@ -154,12 +172,15 @@ impl Replica {
         for b in &blocks {
             batch.block(b)?;
         }
-        if let Some((cp, _)) = &checkpoint {
-            batch.put_meta(CHECKPOINT_KEY, &encode_checkpoint(cp))?;
-        }
         batch.commit()?;
         if let Some((cp, at_ms)) = checkpoint {
+            // The chunks the checkpoint relies on are durable before it is.
             self.store.sync()?;
+            self.checkpoint.write(&encode_checkpoint(&cp))?;
+            if self.legacy_checkpoint {
+                self.store.delete_meta(LEGACY_CHECKPOINT_KEY)?;
+                self.legacy_checkpoint = false;
+            }
             self.checkpointed = cp.applied;
             self.checkpointed_at_ms = at_ms;
             self.since_checkpoint_entries = 0;
@@ -275,4 +296,92 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         agents,
         aggregates,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::proposal::Proposal;
+    use crate::state::entry::{PushedItem, PushedKey};
+    use crate::tsdb::store::StoreConfig;
+    use crate::tsdb::tier::Tiers;
+    use argus_common::model::Labels;
+
+    const T0: i64 = 1_704_067_200_000;
+
+    fn open(dir: &std::path::Path) -> Replica {
+        let store = Store::open(dir.join("tsdb"), StoreConfig::new(Tiers::argus_defaults()));
+        Replica::open(
+            Arc::new(store.unwrap()),
+            CheckpointFile::new(dir),
+            ReplicaConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn push(r: &mut Replica, index: u64, t: i64) {
+        let entry = Entry::Push {
+            items: PushedItem::encode(
+                PushedKey::New {
+                    name: "up".into(),
+                    labels: Labels::from_pairs([("job", "node")]),
+                },
+                &[(t, 1.0)],
+            ),
+            metadata: vec![],
+        }
+        .encode();
+        let kind = EntryKind::Proposal(Proposal {
+            time_ms: t,
+            payload: &entry,
+        });
+        let out = r.apply(CommittedEntry {
+            index,
+            term: 1,
+            kind,
+        });
+        assert_eq!(out.unwrap().accepted, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_lives_in_its_file_and_an_old_store_checkpoint_is_read_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut r = open(dir.path());
+            push(&mut r, 1, T0);
+            push(&mut r, 2, T0 + 15_000);
+            r.checkpoint_now().unwrap();
+            assert_eq!(r.checkpointed(), 2);
+            assert_eq!(r.compact_log_to(), Some(3));
+            // What binaries before the checkpoint file left: the same bytes in the store.
+            let bytes = std::fs::read(dir.path().join("checkpoint")).unwrap();
+            r.store().put_meta(LEGACY_CHECKPOINT_KEY, &bytes).unwrap();
+        }
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+        {
+            let mut r = open(dir.path());
+            assert_eq!(
+                r.checkpointed(),
+                2,
+                "restored from the store's old checkpoint"
+            );
+            push(&mut r, 3, T0 + 30_000);
+            r.checkpoint_now().unwrap();
+            assert_eq!(r.store().get_meta(LEGACY_CHECKPOINT_KEY).unwrap(), None);
+        }
+        let r = open(dir.path());
+        assert_eq!(r.checkpointed(), 3);
+        let sm = r.read().unwrap();
+        let id = sm
+            .index()
+            .lookup("up", &Labels::from_pairs([("job", "node")]))
+            .unwrap();
+        let stored: Vec<i64> = sm
+            .head()
+            .select(id, i64::MIN, i64::MAX)
+            .unwrap()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(stored, vec![T0, T0 + 15_000, T0 + 30_000]);
+    }
 }
