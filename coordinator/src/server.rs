@@ -5,7 +5,9 @@
 //! are answered only once their entry is committed and applied (DESIGN §2).
 
 use crate::api::http::{AppState, HttpCounters, router};
+use crate::api::query::QueryService;
 use crate::cluster::{FjallLogStorage, NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
+use crate::query::source::QueryLimits;
 use crate::state::machine::Outcome;
 use crate::state::checkpoint_file::CheckpointFile;
 use crate::state::replica::{Replica, ReplicaConfig};
@@ -27,6 +29,8 @@ pub struct ServeConfig {
     pub tick: Duration,
     pub replica: ReplicaConfig,
     pub tiers: Tiers,
+    /// PromQL query limits (timeout, samples, series, concurrency, points).
+    pub query: QueryLimits,
 }
 
 impl ServeConfig {
@@ -39,6 +43,7 @@ impl ServeConfig {
             tick: Duration::from_millis(100),
             replica: ReplicaConfig::default(),
             tiers: Tiers::argus_defaults(),
+            query: QueryLimits::default(),
         }
     }
 }
@@ -172,6 +177,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         write_token: cfg.write_token.clone(),
         limits: Default::default(),
         started: std::time::Instant::now(),
+        query: QueryService::new(cfg.query),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

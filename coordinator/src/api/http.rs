@@ -3,6 +3,7 @@
 
 use super::exposition::{self, FederatedSample};
 use super::prom_json::{ApiError, ApiResponse, MetadataData, MetadataEntry, SeriesLabels};
+use super::query::{self as query_api, QueryService};
 use super::remote_write::{self, DecodeLimits, WriteBatch};
 use super::selector::{MatchOp as SelOp, parse_series_selector};
 use crate::cluster::stats::FSYNC_BUCKETS_SECONDS;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub write_token: Option<String>,
     pub limits: DecodeLimits,
     pub started: Instant,
+    /// PromQL query limits and the slots bounding concurrent evaluations.
+    pub query: QueryService,
 }
 
 pub fn router(app: AppState, max_body: usize) -> Router {
@@ -63,6 +66,18 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/metadata", get(metadata))
+        .route(
+            "/api/v1/query",
+            get(query_api::query).post(query_api::query),
+        )
+        .route(
+            "/api/v1/query_range",
+            get(query_api::query_range).post(query_api::query_range),
+        )
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_api::query_exemplars).post(query_api::query_exemplars),
+        )
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "OK\n" }))
         .route("/ready", get(ready))

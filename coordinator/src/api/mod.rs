@@ -8,11 +8,13 @@
 //! - [`exposition`]: text format 0.0.4 for `/federate`.
 //! - [`selector`]: `match[]` series selectors (`name{a="b",c=~"d.*"}`).
 //! - [`prom_json`]: the Prometheus HTTP API JSON envelope and data shapes.
+//! - [`query`]: `/api/v1/query`, `/api/v1/query_range` and `/api/v1/query_exemplars`.
 //! - `protowire`: the protobuf wire-format reader and writer under `remote_write`.
 
 pub mod exposition;
 pub mod http;
 pub mod prom_json;
 mod protowire;
+pub mod query;
 pub mod remote_write;
 pub mod selector;

@@ -6,12 +6,15 @@
 //!   `__name__` removal).
 //! - [`binary`], [`aggregate`], [`functions`]: operators, aggregations, function calls.
 //! - [`memstore`]: an in-memory [`Queryable`] for tests and the conformance runner.
+//! - [`source`]: the [`Queryable`] over the node's live data (index, head, raw tier)
+//!   with the per-query limits the HTTP API enforces.
 
 pub mod aggregate;
 pub mod binary;
 pub mod engine;
 pub mod functions;
 pub mod memstore;
+pub mod source;
 pub mod value;
 
 pub use engine::{EvalOptions, instant_query, range_query};
