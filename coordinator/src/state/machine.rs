@@ -181,6 +181,11 @@ impl StateMachine {
         self.head.take_sealed()
     }
 
+    /// Copies of the sealed chunks [`StateMachine::take_sealed`] would hand over.
+    pub fn sealed(&self) -> Vec<SealedChunk> {
+        self.head.sealed()
+    }
+
     /// Aggregate windows sealed for the downsampled tiers, for the replica to persist.
     pub fn take_blocks(&mut self) -> Vec<SealedBlock> {
         self.aggregator.take_blocks()

@@ -136,43 +136,55 @@ impl Replica {
         self.state.read().map_err(|_| ReplicaError::Poisoned)
     }
 
-    /// Writes the sealed chunks, and a checkpoint with them when one is due.
+    /// Writes the sealed chunks, and a checkpoint after them when one is due.
+    ///
+    /// Sealed chunks leave the head only once the store holds them, so a query never
+    /// misses them in between (reads merge both and drop duplicates). Only the apply
+    /// thread, which runs this, adds sealed chunks, so none appear between the copy and
+    /// the take.
     fn persist(&mut self, force_checkpoint: bool) -> Result<(), ReplicaError> {
         let counted_due = force_checkpoint
             || self.since_checkpoint_entries >= self.config.checkpoint_entries
             || self.since_checkpoint_samples >= self.config.checkpoint_samples;
-        let checkpointed_at = self.checkpointed_at_ms;
-        let interval = self.config.checkpoint_interval_ms;
-        let sealed = {
+        let (sealed, blocks, due) = {
             let mut sm = self.write()?;
-            let due = counted_due || sm.last_time_ms() >= checkpointed_at.saturating_add(interval);
+            let due = counted_due
+                || sm.last_time_ms()
+                    >= self
+                        .checkpointed_at_ms
+                        .saturating_add(self.config.checkpoint_interval_ms);
             sm.seal_idle(self.config.seal_idle_ms);
-            let sealed = sm.take_sealed();
-            let blocks = sm.take_blocks();
-            let cp = if due && sm.applied() > self.checkpointed {
-                Some(sm.checkpoint()?)
-            } else {
-                None
-            };
-            (sealed, blocks, cp.map(|c| (c, sm.last_time_ms())))
+            let due = due && sm.applied() > self.checkpointed;
+            (sm.sealed(), sm.take_blocks(), due)
         };
-        let (sealed, blocks, checkpoint) = sealed;
-        if sealed.is_empty() && blocks.is_empty() && checkpoint.is_none() {
+        if !sealed.is_empty() || !blocks.is_empty() {
+            let mut batch = self.store.batch();
+            for c in &sealed {
+                batch.chunk(&ChunkRef {
+                    series_id: c.series,
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    bytes: &c.bytes,
+                })?;
+            }
+            for b in &blocks {
+                batch.block(b)?;
+            }
+            batch.commit()?;
+        }
+        if sealed.is_empty() && !due {
             return Ok(());
         }
-        let mut batch = self.store.batch();
-        for c in &sealed {
-            batch.chunk(&ChunkRef {
-                series_id: c.series,
-                min_t: c.min_t,
-                max_t: c.max_t,
-                bytes: &c.bytes,
-            })?;
-        }
-        for b in &blocks {
-            batch.block(b)?;
-        }
-        batch.commit()?;
+        let checkpoint = {
+            let mut sm = self.write()?;
+            let taken = sm.take_sealed();
+            debug_assert_eq!(taken.len(), sealed.len());
+            if due {
+                Some((sm.checkpoint()?, sm.last_time_ms()))
+            } else {
+                None
+            }
+        };
         if let Some((cp, at_ms)) = checkpoint {
             // The chunks the checkpoint relies on are durable before it is.
             self.store.sync()?;

@@ -383,6 +383,12 @@ impl Head {
             .collect()
     }
 
+    /// Copies of the sealed chunks not yet taken, in [`Head::take_sealed`]'s order, so the
+    /// caller can write them out while reads still find them here.
+    pub fn sealed(&self) -> Vec<SealedChunk> {
+        self.sealed.values().flatten().cloned().collect()
+    }
+
     /// Samples of a series with `mint <= t <= maxt` held in the head (open, cut and
     /// sealed-not-taken chunks), in timestamp order.
     pub fn select(
