@@ -34,9 +34,9 @@
 //!   is stopped with SIGTERM once no merge runs, and its `data` and `indexdb` are counted
 //!   (`cache` is printed but not counted: it is rebuilt when missing). Argus is stopped
 //!   with SIGTERM and measured as it left its directory; having no "compact now"
-//!   endpoint, its two fjall databases are then flushed and major-compacted offline by
-//!   the bench (`Store::flush_and_compact`, and the same for the log's keyspaces) and
-//!   measured again, journals and tables apart. The Raft log is compacted only up to the
+//!   endpoint, its store (a fjall database) is then flushed and major-compacted offline
+//!   by the bench (`Store::flush_and_compact`) and measured again, journals and tables
+//!   apart, with the checkpoint file beside it. The Raft log is compacted only up to the
 //!   last synced checkpoint, so its size swings between nothing and a checkpoint
 //!   interval of entries; its steady-state size is taken as its mean size during the
 //!   load (sampled twice a second).
@@ -58,6 +58,7 @@ use argus_coordinator::api::remote_write::{
     CONTENT_ENCODING, CONTENT_TYPE, TimeSeries, VERSION_1, VERSION_HEADER, WriteRequest,
     encode_body,
 };
+use argus_coordinator::server::LOG_DIR;
 use argus_coordinator::tsdb::chunk;
 use argus_coordinator::tsdb::mix::{self, SeriesSpec, Shape};
 use argus_coordinator::tsdb::store::{Store, StoreConfig};
@@ -534,7 +535,7 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
         None => None,
     };
     let watch = [
-        ("raft log", data.join("raft")),
+        ("raft log", data.join(LOG_DIR)),
         ("store", data.join("tsdb")),
     ];
     let mut r = drive(&mut server, requests, &watch)?;
@@ -594,11 +595,12 @@ fn run_argus(bin: &Path, dir: &Path, requests: &[Vec<Request>], strace: bool) ->
     Ok(r)
 }
 
-/// Each fjall database split into its journals (`*.jnl`, the write-ahead tail, kept
-/// until fjall rotates them) and the rest (tables, manifests).
+/// The raft log's segment files, and the store's fjall database split into its journals
+/// (`*.jnl`, the write-ahead tail, kept until fjall rotates them at 64 MB) and the rest
+/// (tables, manifests).
 fn argus_disk(data: &Path) -> Vec<DiskPart> {
     let mut parts = Vec::new();
-    for (db, name) in [("raft", "raft log"), ("tsdb", "store")] {
+    for (db, name) in [(LOG_DIR, "raft log"), ("tsdb", "store")] {
         let dir = data.join(db);
         let (mut journal_alloc, mut journal_len) = (0, 0);
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -609,8 +611,9 @@ fn argus_disk(data: &Path) -> Vec<DiskPart> {
             }
         }
         let (alloc, len) = du(&dir);
+        let files = if db == LOG_DIR { "segments" } else { "tables" };
         parts.push((
-            format!("{name} tables"),
+            format!("{name} {files}"),
             alloc.saturating_sub(journal_alloc),
             len.saturating_sub(journal_len),
             true,
@@ -622,8 +625,8 @@ fn argus_disk(data: &Path) -> Vec<DiskPart> {
     parts
 }
 
-/// What `Store::flush_and_compact` does for the store, and the same fjall calls on the
-/// log's two keyspaces (names as `FjallLogStorage` opens them).
+/// What `Store::flush_and_compact` does for the store. The raft log's segment files need
+/// nothing: a log compaction deletes whole segments at once.
 fn compact_argus_offline(data: &Path) -> Result<String> {
     let tiers = Tiers::argus_defaults();
     let store = Store::open(data.join("tsdb"), StoreConfig::new(tiers.clone()))?;
@@ -633,12 +636,6 @@ fn compact_argus_offline(data: &Path) -> Result<String> {
         .ok()
         .and_then(|cp| checkpoint_parts(&cp));
     drop(store);
-    let db = fjall::Database::builder(data.join("raft")).open()?;
-    for name in ["raft_entries", "raft_meta"] {
-        let ks = db.keyspace(name, fjall::KeyspaceCreateOptions::default)?;
-        ks.rotate_memtable_and_wait()?;
-        ks.major_compact()?;
-    }
     let mut parts: Vec<String> = tiers
         .iter()
         .zip(&usage.per_tier)

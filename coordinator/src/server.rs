@@ -1,15 +1,16 @@
 //! `argus serve`: one coordinator node with its data directory, serving HTTP.
 //!
-//! Assembles the pieces: the Raft log (its own fjall database), the store (another),
+//! Assembles the pieces: the Raft log (segment files of its own), the store (a fjall database),
 //! the replica that applies entries, the node's threads, and the axum router. Writes
 //! are answered only once their entry is committed and applied (DESIGN §2).
 
 use crate::api::http::{AppState, HttpCounters, router};
 use crate::api::query::QueryService;
-use crate::cluster::{FjallLogStorage, NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
+use crate::cluster::log_migration::open_migrating;
+use crate::cluster::{NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
 use crate::query::source::QueryLimits;
-use crate::state::machine::Outcome;
 use crate::state::checkpoint_file::CheckpointFile;
+use crate::state::machine::Outcome;
 use crate::state::replica::{Replica, ReplicaConfig};
 use crate::tsdb::store::{Store, StoreConfig};
 use crate::tsdb::tier::Tiers;
@@ -17,6 +18,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The Raft log's directory under the data directory (segment files).
+pub const LOG_DIR: &str = "log";
+/// Where binaries before the segment log kept it (a fjall database), moved at start.
+const OLD_LOG_DIR: &str = "raft";
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -155,11 +161,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         move |source| ServeError::DataDir { path, source }
     };
     std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err(&cfg.data_dir))?;
-    let log_dir = cfg.data_dir.join("raft");
     let tsdb_dir = cfg.data_dir.join("tsdb");
-    let log = FjallLogStorage::open(&log_dir)?;
+    let (log, _) = open_migrating(&cfg.data_dir.join(OLD_LOG_DIR), &cfg.data_dir.join(LOG_DIR))?;
     let store = Arc::new(Store::open(&tsdb_dir, StoreConfig::new(cfg.tiers.clone()))?);
-    let replica = Replica::open(store.clone(), CheckpointFile::new(&cfg.data_dir), cfg.replica)?;
+    let replica = Replica::open(
+        store.clone(),
+        CheckpointFile::new(&cfg.data_dir),
+        cfg.replica,
+    )?;
     let state = replica.shared();
     tracing::info!(
         data_dir = %cfg.data_dir.display(),

@@ -30,9 +30,9 @@ mod common;
 use argus_common::model::STALE_NAN_BITS;
 use argus_coordinator::api::remote_write::{TimeSeries, WriteRequest, encode_body};
 use argus_coordinator::cluster::{
-    FjallLogStorage, NoPeers, NodeConfig, ProposeError, RaftNode, spawn,
+    NoPeers, NodeConfig, ProposeError, RaftNode, SegmentLogStorage, spawn,
 };
-use argus_coordinator::server::ServeConfig;
+use argus_coordinator::server::{LOG_DIR, ServeConfig};
 use argus_coordinator::state::checkpoint_file::CheckpointFile;
 use argus_coordinator::state::entry::Entry;
 use argus_coordinator::state::replica::Replica;
@@ -352,7 +352,7 @@ fn acked_remote_writes_survive_kill_9_exactly_once() {
         shared.set(|c| c.up = false);
         argus.kill9();
         let acked = shared.lock().acked;
-        let log_bytes = dir_bytes(&data.join("raft"));
+        let log_bytes = dir_bytes(&data.join(LOG_DIR));
         argus.restart().expect("restart argus serve");
         let replay = argus
             .wait_ready()
@@ -396,7 +396,7 @@ fn acked_remote_writes_survive_kill_9_exactly_once() {
     let max = replays.iter().map(|r| r.0).max().unwrap_or_default();
     let max_log = replays.iter().map(|r| r.1).max().unwrap_or_default();
     eprintln!(
-        "crash test: seed {seed}: {rounds} kills, longest replay {} ms, largest raft dir {max_log} bytes",
+        "crash test: seed {seed}: {rounds} kills, longest replay {} ms, largest raft log {max_log} bytes",
         max.as_millis()
     );
 }
@@ -405,7 +405,7 @@ fn acked_remote_writes_survive_kill_9_exactly_once() {
 fn read_back(data: &Path) -> BTreeMap<(usize, usize), Vec<(i64, f64)>> {
     // The same configuration `argus serve` uses.
     let cfg = ServeConfig::new(data.to_path_buf(), SocketAddr::from(([127, 0, 0, 1], 0)));
-    let log = FjallLogStorage::open(data.join("raft")).expect("open raft log");
+    let log = SegmentLogStorage::open(data.join(LOG_DIR)).expect("open raft log");
     let store = Arc::new(
         Store::open(data.join("tsdb"), StoreConfig::new(cfg.tiers.clone())).expect("open store"),
     );

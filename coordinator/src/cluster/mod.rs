@@ -3,7 +3,10 @@
 //! - [`node`]: the Ready loop, in one file, as a step function over three traits: [`LogStorage`],
 //!   [`Transport`] and [`Apply`]. The threaded [`runner`] and the cluster issue's deterministic
 //!   harness drive the same step function.
-//! - [`storage`]: the [`LogStorage`] trait and the log in its own fjall database.
+//! - [`storage`]: the [`LogStorage`] trait, and the log in a fjall database as older
+//!   binaries kept it.
+//! - [`segment_log`]: the log as append-only segment files, what a node runs on.
+//! - [`log_migration`]: carries an old fjall log over into segment files.
 //! - [`mem_storage`]: an in-memory log that loses unsynced writes at a simulated crash (tests).
 //! - [`transport`]: the peer transport seam; only "no peers" exists until the cluster issue.
 //! - [`apply`]: the state-machine seam and the apply worker that runs off the Ready thread.
@@ -13,6 +16,7 @@
 
 pub mod apply;
 pub mod doorbell;
+pub mod log_migration;
 pub mod logging;
 pub mod mem_storage;
 pub mod node;

@@ -46,7 +46,7 @@ impl Default for ReplicaConfig {
             head: HeadConfig::default(),
             limits: Limits::default(),
             checkpoint_entries: 10_000,
-            checkpoint_samples: 5_000_000,
+            checkpoint_samples: 2_000_000,
             checkpoint_interval_ms: 60_000,
             seal_idle_ms: 2 * 3_600_000,
         }

@@ -12,7 +12,7 @@ use crate::cluster::apply::{Apply, ApplyWorker, CommittedEntry, EntryKind};
 use crate::cluster::mem_storage::MemLogStorage;
 use crate::cluster::proposal::{Applied, ProposalReceipt, ProposeError, Proposer};
 use crate::cluster::runner;
-use crate::cluster::storage::FjallLogStorage;
+use crate::cluster::segment_log::SegmentLogStorage;
 use crate::cluster::transport::{NoPeers, Transport};
 
 /// What the test state machine saw, in order.
@@ -160,7 +160,7 @@ fn one_voter_applies_in_order_answers_proposers_and_restarts_from_fjall() {
     let path = dir.path().join("raft-log");
     let n = 20u64;
     {
-        let storage = FjallLogStorage::open(&path).expect("open log");
+        let storage = SegmentLogStorage::open(&path).expect("open log");
         let (sm, log) = Recorder::new(0);
         let parts = RaftNode::build(cfg(1, &[1]), storage, NoPeers, sm).expect("node");
         let (mut node, mut worker, proposer) = (parts.node, parts.applier, parts.proposer);
@@ -210,7 +210,7 @@ fn one_voter_applies_in_order_answers_proposers_and_restarts_from_fjall() {
     }
 
     // The log, the hard state and the commit index are on disk.
-    let storage = FjallLogStorage::open(&path).expect("reopen log");
+    let storage = SegmentLogStorage::open(&path).expect("reopen log");
     assert_eq!(storage.last_index().ok(), Some(n + 1));
     let hs = storage.hard_state();
     assert_eq!(hs.commit, n + 1);
@@ -551,7 +551,7 @@ fn the_runner_ticks_during_a_slow_apply_and_answers_after_apply() {
     let gate = Arc::new(Gate::default());
     let (mut sm, log) = Recorder::new(0);
     sm.gate = Some(Arc::clone(&gate));
-    let storage = FjallLogStorage::open(dir.path()).expect("open");
+    let storage = SegmentLogStorage::open(dir.path()).expect("open");
     let parts = RaftNode::build(cfg(1, &[1]), storage, NoPeers, sm).expect("node");
     let handle = runner::spawn(parts, Duration::from_millis(2)).expect("spawn");
     let stats = Arc::clone(handle.stats());
