@@ -2,6 +2,7 @@
 //! `deploy/argus.example.toml`; `ARGUS_<SECTION>_<KEY>` overrides; errors name the file,
 //! the key and what was expected (DESIGN §5).
 
+use crate::query::source::QueryLimits;
 use crate::server::ServeConfig;
 use crate::state::machine::Limits;
 use crate::state::replica::ReplicaConfig;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ENV_SECTIONS: EnvSections<'static> = EnvSections {
-    sections: &["serve", "limits", "tsdb"],
+    sections: &["serve", "limits", "tsdb", "query"],
     file_only: &["tier"],
 };
 
@@ -24,6 +25,7 @@ pub struct CoordinatorConfig {
     pub serve: ServeSection,
     pub limits: LimitsSection,
     pub tsdb: TsdbSection,
+    pub query: QuerySection,
     /// Empty: Argus's defaults (raw 24 h, 5 m for 30 d, 1 h for a year).
     #[serde(rename = "tier")]
     pub tiers: Vec<TierSection>,
@@ -102,6 +104,30 @@ impl Default for TsdbSection {
     }
 }
 
+/// PromQL limits, named after Prometheus's `--query.*` flags; each refusal names the limit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QuerySection {
+    pub timeout: HumanDuration,
+    pub max_samples: usize,
+    pub max_series: usize,
+    pub max_concurrency: usize,
+    pub lookback_delta: HumanDuration,
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        let q = QueryLimits::default();
+        QuerySection {
+            timeout: HumanDuration(q.timeout),
+            max_samples: q.max_samples,
+            max_series: q.max_series,
+            max_concurrency: q.max_concurrent,
+            lookback_delta: HumanDuration(q.lookback),
+        }
+    }
+}
+
 /// One `[[tier]]`: the first is raw (no `step`), each later one aggregates.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +201,26 @@ impl CoordinatorConfig {
         s.replica.checkpoint_interval_ms = self.tsdb.checkpoint_interval.0.as_millis() as i64;
         s.replica.checkpoint_entries = self.tsdb.checkpoint_entries.max(1);
         s.replica.checkpoint_samples = self.tsdb.checkpoint_samples.max(1);
+        let q = &self.query;
+        for (key, zero) in [
+            ("query.timeout", q.timeout.0.is_zero()),
+            ("query.max_samples", q.max_samples == 0),
+            ("query.max_series", q.max_series == 0),
+            ("query.max_concurrency", q.max_concurrency == 0),
+            ("query.lookback_delta", q.lookback_delta.0.is_zero()),
+        ] {
+            if zero {
+                return Err((key.into(), "must be greater than zero".into()));
+            }
+        }
+        s.query = QueryLimits {
+            timeout: q.timeout.0,
+            max_samples: q.max_samples,
+            max_series: q.max_series,
+            max_concurrent: q.max_concurrency,
+            lookback: q.lookback_delta.0,
+            ..QueryLimits::default()
+        };
         if !self.tiers.is_empty() {
             let configs = self
                 .tiers
@@ -266,6 +312,32 @@ partition = "168h"
             problems.recoverable[0]
                 .to_string()
                 .contains("unknown key `serve.bogus`")
+        );
+    }
+
+    #[test]
+    fn query_limits_come_from_the_query_section_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("argus.toml");
+        std::fs::write(&p, "[query]\nmax_samples = 1000\ntimeout = \"30s\"\n").unwrap();
+        let env = [("ARGUS_QUERY_MAX_SERIES".to_string(), "7".to_string())];
+        let (cfg, problems) = CoordinatorConfig::load(&p, env);
+        assert!(problems.errors.is_empty(), "{:?}", problems.errors);
+        let q = cfg.unwrap().to_serve().unwrap().query;
+        assert_eq!(
+            (q.max_samples, q.max_series, q.timeout),
+            (1000, 7, Duration::from_secs(30))
+        );
+        assert_eq!(
+            q.max_points_per_series,
+            QueryLimits::default().max_points_per_series
+        );
+        let (cfg, problems) = load("[query]\nmax_concurrency = 0\n");
+        assert!(cfg.is_none());
+        assert!(
+            problems.errors[0]
+                .to_string()
+                .contains("query.max_concurrency")
         );
     }
 }
