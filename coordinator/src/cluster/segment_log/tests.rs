@@ -5,6 +5,7 @@ use raft::prelude::EntryType;
 
 use super::*;
 use crate::cluster::mem_storage::MemLogStorage;
+use crate::cluster::storage::tests::log_semantics;
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     let mut e = Entry::default();
@@ -81,114 +82,6 @@ fn append_readys(
         s.sync().expect("sync");
         next = end;
     }
-}
-
-/// The behaviour every log storage shares (as storage.rs checks for the others).
-fn log_semantics(s: &mut SegmentLogStorage) {
-    assert_eq!(s.first_index().ok(), Some(1));
-    assert_eq!(s.last_index().ok(), Some(0));
-    assert_eq!(s.term(0).ok(), Some(0));
-
-    s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 2, b"c")])
-        .expect("append");
-    assert_eq!(s.last_index().ok(), Some(3));
-    assert_eq!(s.term(2).ok(), Some(1));
-    assert_eq!(s.term(3).ok(), Some(2));
-    assert!(s.term(4).is_err());
-
-    // A conflicting suffix is replaced, and entries past the new tail disappear.
-    s.append(&[entry(2, 3, b"B")]).expect("overwrite");
-    assert_eq!(all(s), vec![(1, 1, b"a".to_vec()), (2, 3, b"B".to_vec())]);
-    assert!(matches!(
-        s.append(&[entry(5, 3, b"x")]),
-        Err(LogError::NotContiguous { .. })
-    ));
-    assert!(matches!(
-        s.append(&[entry(3, 3, b"x"), entry(5, 3, b"y")]),
-        Err(LogError::NotContiguous { .. })
-    ));
-    s.append(&[entry(3, 3, b"c"), entry(4, 3, b"d"), entry(5, 3, b"e")])
-        .expect("append");
-
-    // max_size: the first entry always, then while within the limit.
-    let one = s
-        .entries(1, 6, Some(0), GetEntriesContext::empty(false))
-        .expect("entries");
-    assert_eq!(one.len(), 1);
-    let size2 = u64::from(entry(1, 1, b"a").compute_size() + entry(2, 3, b"B").compute_size());
-    let two = s
-        .entries(1, 6, Some(size2), GetEntriesContext::empty(false))
-        .expect("entries");
-    assert_eq!(two.len(), 2);
-    let none = s
-        .entries(1, 6, Some(raft::NO_LIMIT), GetEntriesContext::empty(false))
-        .expect("entries");
-    assert_eq!(none.len(), 5);
-
-    s.compact(3).expect("compact");
-    assert_eq!(s.first_index().ok(), Some(3));
-    assert_eq!(s.term(2).ok(), Some(3));
-    assert!(matches!(
-        s.entries(2, 4, None, GetEntriesContext::empty(false)),
-        Err(raft::Error::Store(StorageError::Compacted))
-    ));
-    assert!(matches!(
-        s.term(1),
-        Err(raft::Error::Store(StorageError::Compacted))
-    ));
-    assert_eq!(all(s).len(), 3);
-    assert!(matches!(
-        s.append(&[entry(2, 4, b"z")]),
-        Err(LogError::NotContiguous { .. })
-    ));
-    assert!(matches!(s.compact(9), Err(LogError::CompactPastEnd { .. })));
-    s.compact(2).expect("compacting below the base is a no-op");
-    assert_eq!(s.first_index().ok(), Some(3));
-    assert!(
-        s.entries(3, 9, None, GetEntriesContext::empty(false))
-            .is_err()
-    );
-
-    let hs = HardState {
-        term: 3,
-        vote: 1,
-        commit: 4,
-        ..HardState::default()
-    };
-    s.set_hard_state(&hs).expect("hs");
-    s.set_commit(5).expect("commit");
-    assert_eq!(s.hard_state().commit, 5);
-    assert_eq!(s.hard_state().vote, 1);
-    let cs = ConfState {
-        voters: vec![1, 2, 3],
-        ..ConfState::default()
-    };
-    s.set_conf_state(&cs).expect("cs");
-    let state = s.initial_state().expect("state");
-    assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
-    assert_eq!(state.hard_state.commit, 5);
-
-    let mut meta = SnapshotMetadata {
-        index: 10,
-        term: 4,
-        ..SnapshotMetadata::default()
-    };
-    meta.mut_conf_state().voters = vec![1, 2];
-    s.apply_snapshot(&meta).expect("snapshot");
-    assert_eq!(s.first_index().ok(), Some(11));
-    assert_eq!(s.last_index().ok(), Some(10));
-    assert_eq!(s.term(10).ok(), Some(4));
-    assert_eq!(s.hard_state().commit, 10);
-    assert_eq!(s.hard_state().term, 4);
-    assert_eq!(s.conf_state().voters, vec![1, 2]);
-    assert!(matches!(
-        s.apply_snapshot(&meta),
-        Err(LogError::SnapshotOutOfDate { .. })
-    ));
-    s.append(&[entry(11, 4, b"after")])
-        .expect("append after snapshot");
-    assert_eq!(all(s), vec![(11, 4, b"after".to_vec())]);
-    s.sync().expect("sync");
 }
 
 #[test]
