@@ -15,16 +15,13 @@
 
 mod common;
 
-use argus_testkit::child::ChildGuard;
 use argus_testkit::http::{self, encode_component};
 use argus_testkit::prometheus::{
     LabelSet, TextSample, find_binary, format_labels, parse_exposition,
 };
-use common::Argus;
+use common::{Argus, start_on_free_port, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SELECTOR: &str = "{job=~\".+\"}";
@@ -129,57 +126,6 @@ impl Comparison {
     }
 }
 
-fn wait_for(what: &str, deadline: Instant, mut ok: impl FnMut() -> Result<bool, String>) {
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match ok() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what} (last error: {last})");
-}
-
-/// Starts `bin` with `args(port)` on a free port, retrying when the port was taken in
-/// between, until `GET probe` answers 200.
-fn start_on_free_port(
-    name: &str,
-    bin: &Path,
-    args: impl Fn(u16) -> Vec<String>,
-    log: &Path,
-    probe: &str,
-) -> (ChildGuard, SocketAddr) {
-    for _ in 0..5 {
-        let port = http::free_port().expect("free port");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new(bin);
-        cmd.args(args(port));
-        let mut child = ChildGuard::spawn(name, cmd, log).expect("spawn");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if child.exited().is_some() {
-                eprintln!(
-                    "{name} exited early; trying another port\n{}",
-                    child.log_tail(2000)
-                );
-                break;
-            }
-            if http::get(addr, probe).is_ok_and(|r| r.status == 200) {
-                return (child, addr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not up after {DEADLINE:?}\n{}",
-                child.log_tail(4000)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    panic!("{name} could not be started");
-}
-
 #[test]
 fn prometheus_remote_writes_into_argus_and_both_federate_the_same() {
     let Some(prometheus) = find_binary(&["prometheus"], "prometheus") else {
@@ -200,6 +146,7 @@ fn prometheus_remote_writes_into_argus_and_both_federate_the_same() {
         |port| vec![format!("--web.listen-address=127.0.0.1:{port}")],
         &dir.path().join("node_exporter.log"),
         "/metrics",
+        DEADLINE,
     );
 
     let prom_dir = dir.path().join("prometheus");
@@ -239,6 +186,7 @@ remote_write:
         },
         &dir.path().join("prometheus.log"),
         "/-/ready",
+        DEADLINE,
     );
 
     // Data of both jobs arrives through remote write.

@@ -24,14 +24,11 @@
 
 mod common;
 
-use argus_testkit::child::ChildGuard;
 use argus_testkit::http::{self, encode_component};
 use argus_testkit::prometheus::{LabelSet, find_binary, format_labels};
-use common::Argus;
+use common::{Argus, start_on_free_port, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const START_DEADLINE: Duration = Duration::from_secs(90);
@@ -477,57 +474,6 @@ fn off_grid_phase(timestamps: &[i64]) -> i64 {
     (best.1 + best.0 / 2).rem_euclid(1000)
 }
 
-fn wait_for(what: &str, deadline: Instant, mut ok: impl FnMut() -> Result<bool, String>) {
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match ok() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what} (last error: {last})");
-}
-
-/// Starts `bin` with `args(port)` on a free port, retrying when the port was taken in
-/// between, until `GET probe` answers 200.
-fn start_on_free_port(
-    name: &str,
-    bin: &Path,
-    args: impl Fn(u16) -> Vec<String>,
-    log: &Path,
-    probe: &str,
-) -> (ChildGuard, SocketAddr) {
-    for _ in 0..5 {
-        let port = http::free_port().expect("free port");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new(bin);
-        cmd.args(args(port));
-        let mut child = ChildGuard::spawn(name, cmd, log).expect("spawn");
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if child.exited().is_some() {
-                eprintln!(
-                    "{name} exited early; trying another port\n{}",
-                    child.log_tail(2000)
-                );
-                break;
-            }
-            if http::get(addr, probe).is_ok_and(|r| r.status == 200) {
-                return (child, addr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not up after {START_DEADLINE:?}\n{}",
-                child.log_tail(4000)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    panic!("{name} could not be started");
-}
-
 /// Whether the query has a subquery over a range function, whose inner ranges end on
 /// whole seconds (the subquery step grid), not at T's phase.
 fn subquery_over_range(expr: &str) -> bool {
@@ -554,6 +500,7 @@ fn promql_answers_match_a_real_prometheus() {
         |port| vec![format!("--web.listen-address=127.0.0.1:{port}")],
         &dir.path().join("node_exporter.log"),
         "/metrics",
+        START_DEADLINE,
     );
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
@@ -590,6 +537,7 @@ remote_write:
         },
         &dir.path().join("prometheus.log"),
         "/-/ready",
+        START_DEADLINE,
     );
 
     // Enough history in Prometheus for the longest window before T.

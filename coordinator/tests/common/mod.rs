@@ -213,3 +213,56 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Polls `ok` until it says true; panics at `deadline` with the last error it gave.
+pub fn wait_for(what: &str, deadline: Instant, mut ok: impl FnMut() -> Result<bool, String>) {
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match ok() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what} (last error: {last})");
+}
+
+/// Starts `bin` with `args(port)` on a free port, retrying when the port was taken in
+/// between, until `GET probe` answers 200 (within `up_within` per attempt).
+pub fn start_on_free_port(
+    name: &str,
+    bin: &Path,
+    args: impl Fn(u16) -> Vec<String>,
+    log: &Path,
+    probe: &str,
+    up_within: Duration,
+) -> (ChildGuard, SocketAddr) {
+    for _ in 0..5 {
+        let port = http::free_port().expect("free port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(bin);
+        cmd.args(args(port));
+        let mut child = ChildGuard::spawn(name, cmd, log).expect("spawn");
+        let deadline = Instant::now() + up_within;
+        loop {
+            if child.exited().is_some() {
+                eprintln!(
+                    "{name} exited early; trying another port\n{}",
+                    child.log_tail(2000)
+                );
+                break;
+            }
+            if http::get(addr, probe).is_ok_and(|r| r.status == 200) {
+                return (child, addr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not up after {up_within:?}\n{}",
+                child.log_tail(4000)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("{name} could not be started");
+}
