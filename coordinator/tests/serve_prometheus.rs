@@ -16,10 +16,8 @@
 mod common;
 
 use argus_testkit::http::{self, encode_component};
-use argus_testkit::prometheus::{
-    LabelSet, TextSample, find_binary, format_labels, parse_exposition,
-};
-use common::{Argus, start_on_free_port, wait_for};
+use argus_testkit::prometheus::{LabelSet, TextSample, format_labels, parse_exposition};
+use common::{prometheus_into_argus, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -128,66 +126,11 @@ impl Comparison {
 
 #[test]
 fn prometheus_remote_writes_into_argus_and_both_federate_the_same() {
-    let Some(prometheus) = find_binary(&["prometheus"], "prometheus") else {
-        return;
-    };
-    let Some(node_exporter) = find_binary(
-        &["prometheus-node-exporter", "node_exporter"],
-        "prometheus-node-exporter",
-    ) else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let argus = Argus::start(&dir.path().join("argus"), &[]);
-
-    let (_node_exporter, ne_addr) = start_on_free_port(
-        "node_exporter",
-        &node_exporter,
-        |port| vec![format!("--web.listen-address=127.0.0.1:{port}")],
-        &dir.path().join("node_exporter.log"),
-        "/metrics",
-        DEADLINE,
-    );
-
-    let prom_dir = dir.path().join("prometheus");
-    std::fs::create_dir_all(&prom_dir).unwrap();
-    let config = prom_dir.join("prometheus.yml");
-    let (mut prom, prom_addr) = start_on_free_port(
-        "prometheus",
-        &prometheus,
-        |port| {
-            let yaml = format!(
-                r#"global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: node
-    static_configs: [{{targets: ["{ne_addr}"]}}]
-  - job_name: prometheus
-    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
-remote_write:
-  - url: http://{argus}/api/v1/write
-    queue_config:
-      batch_send_deadline: 100ms
-      max_samples_per_send: 2000
-      min_backoff: 50ms
-      max_backoff: 1s
-    metadata_config:
-      send_interval: 1s
-"#,
-                argus = argus.addr
-            );
-            std::fs::write(&config, yaml).unwrap();
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-            ]
-        },
-        &dir.path().join("prometheus.log"),
-        "/-/ready",
-        DEADLINE,
-    );
+    let Some(setup) = prometheus_into_argus(dir.path(), DEADLINE) else {
+        return;
+    };
+    let (argus, mut prom, prom_addr) = (setup.argus, setup.prometheus, setup.prometheus_addr);
 
     // Data of both jobs arrives through remote write.
     let deadline = Instant::now() + DEADLINE;

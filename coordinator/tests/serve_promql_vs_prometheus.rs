@@ -25,8 +25,8 @@
 mod common;
 
 use argus_testkit::http::{self, encode_component};
-use argus_testkit::prometheus::{LabelSet, find_binary, format_labels};
-use common::{Argus, start_on_free_port, wait_for};
+use argus_testkit::prometheus::{LabelSet, format_labels};
+use common::{prometheus_into_argus, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -483,62 +483,11 @@ fn subquery_over_range(expr: &str) -> bool {
 #[test]
 fn promql_answers_match_a_real_prometheus() {
     let started = Instant::now();
-    let Some(prometheus) = find_binary(&["prometheus"], "prometheus") else {
-        return;
-    };
-    let Some(node_exporter) = find_binary(
-        &["prometheus-node-exporter", "node_exporter"],
-        "prometheus-node-exporter",
-    ) else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let argus = Argus::start(&dir.path().join("argus"), &[]);
-    let (_node_exporter, ne_addr) = start_on_free_port(
-        "node_exporter",
-        &node_exporter,
-        |port| vec![format!("--web.listen-address=127.0.0.1:{port}")],
-        &dir.path().join("node_exporter.log"),
-        "/metrics",
-        START_DEADLINE,
-    );
-    let prom_dir = dir.path().join("prometheus");
-    std::fs::create_dir_all(&prom_dir).unwrap();
-    let config = prom_dir.join("prometheus.yml");
-    let (mut prom, prom_addr) = start_on_free_port(
-        "prometheus",
-        &prometheus,
-        |port| {
-            let yaml = format!(
-                r#"global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: node
-    static_configs: [{{targets: ["{ne_addr}"]}}]
-  - job_name: prometheus
-    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
-remote_write:
-  - url: http://{argus}/api/v1/write
-    queue_config:
-      batch_send_deadline: 100ms
-      max_samples_per_send: 2000
-      min_backoff: 50ms
-      max_backoff: 1s
-"#,
-                argus = argus.addr
-            );
-            std::fs::write(&config, yaml).unwrap();
-            vec![
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-            ]
-        },
-        &dir.path().join("prometheus.log"),
-        "/-/ready",
-        START_DEADLINE,
-    );
+    let Some(setup) = prometheus_into_argus(dir.path(), START_DEADLINE) else {
+        return;
+    };
+    let (argus, mut prom, prom_addr) = (setup.argus, setup.prometheus, setup.prometheus_addr);
 
     // Enough history in Prometheus for the longest window before T.
     let first = Instant::now();

@@ -8,7 +8,7 @@ use argus_coordinator::api::remote_write::{
 };
 use argus_testkit::child::ChildGuard;
 use argus_testkit::http::{self, Response, encode_component};
-use argus_testkit::prometheus::{LabelSet, parse_exposition};
+use argus_testkit::prometheus::{LabelSet, find_binary, parse_exposition};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -265,4 +265,78 @@ pub fn start_on_free_port(
         }
     }
     panic!("{name} could not be started");
+}
+
+/// Debian's Prometheus scraping a node_exporter (job `node`) and itself (job
+/// `prometheus`) every second and remote-writing everything, metadata included, into a
+/// fresh `argus serve`: the setup of the tests that compare Argus with Prometheus.
+pub struct PrometheusIntoArgus {
+    pub argus: Argus,
+    pub prometheus: ChildGuard,
+    pub prometheus_addr: SocketAddr,
+    _node_exporter: ChildGuard,
+}
+
+/// Starts [`PrometheusIntoArgus`] under `dir`; `None` when the binaries are missing
+/// (`find_binary` says so loudly, and fails the test under CI).
+pub fn prometheus_into_argus(dir: &Path, up_within: Duration) -> Option<PrometheusIntoArgus> {
+    let prometheus = find_binary(&["prometheus"], "prometheus")?;
+    let node_exporter = find_binary(
+        &["prometheus-node-exporter", "node_exporter"],
+        "prometheus-node-exporter",
+    )?;
+    let argus = Argus::start(&dir.join("argus"), &[]);
+    let (node_exporter, ne_addr) = start_on_free_port(
+        "node_exporter",
+        &node_exporter,
+        |port| vec![format!("--web.listen-address=127.0.0.1:{port}")],
+        &dir.join("node_exporter.log"),
+        "/metrics",
+        up_within,
+    );
+    let prom_dir = dir.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).expect("prometheus dir");
+    let config = prom_dir.join("prometheus.yml");
+    let (prom, prom_addr) = start_on_free_port(
+        "prometheus",
+        &prometheus,
+        |port| {
+            let yaml = format!(
+                r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: node
+    static_configs: [{{targets: ["{ne_addr}"]}}]
+  - job_name: prometheus
+    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
+remote_write:
+  - url: http://{argus}/api/v1/write
+    queue_config:
+      batch_send_deadline: 100ms
+      max_samples_per_send: 2000
+      min_backoff: 50ms
+      max_backoff: 1s
+    metadata_config:
+      send_interval: 1s
+"#,
+                argus = argus.addr
+            );
+            std::fs::write(&config, yaml).expect("prometheus.yml");
+            vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ]
+        },
+        &dir.join("prometheus.log"),
+        "/-/ready",
+        up_within,
+    );
+    Some(PrometheusIntoArgus {
+        argus,
+        prometheus: prom,
+        prometheus_addr: prom_addr,
+        _node_exporter: node_exporter,
+    })
 }
