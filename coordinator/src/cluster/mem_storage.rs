@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
-use super::storage::{LogError, LogStorage, within_size};
+use super::storage::{LogError, LogStorage, check_entries_range, within_size};
 
 #[derive(Debug, Clone, Default)]
 struct LogState {
@@ -101,12 +101,7 @@ impl Storage for MemLogStorage {
     ) -> raft::Result<Vec<Entry>> {
         let inner = self.lock();
         let log = &inner.live;
-        if low < log.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > log.last() + 1 || low > high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_entries_range(low, high, log.first(), log.last())?;
         let max = max_size.into().filter(|&m| m != raft::NO_LIMIT);
         let mut out = Vec::new();
         let mut total = 0u64;

@@ -79,7 +79,7 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
-use super::storage::{LogError, LogStorage, to_raft, within_size};
+use super::storage::{LogError, LogStorage, check_entries_range, to_raft, within_size};
 
 #[cfg(test)]
 mod tests;
@@ -656,12 +656,7 @@ impl Storage for SegmentLogStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < self.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last() + 1 || low > high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_entries_range(low, high, self.first(), self.last())?;
         if low == high {
             return Ok(Vec::new());
         }

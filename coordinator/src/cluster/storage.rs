@@ -198,6 +198,18 @@ fn decode_truncated(v: &[u8]) -> Result<(u64, u64), LogError> {
     Ok((u64::from_be_bytes(index), u64::from_be_bytes(term)))
 }
 
+/// raft-rs's contract for `Storage::entries(low, high)` on a log holding `[first, last]`:
+/// below the first entry is `Compacted`, past the end (or an inverted range) `Unavailable`.
+pub(crate) fn check_entries_range(low: u64, high: u64, first: u64, last: u64) -> raft::Result<()> {
+    if low < first {
+        return Err(raft::Error::Store(StorageError::Compacted));
+    }
+    if high > last + 1 || low > high {
+        return Err(raft::Error::Store(StorageError::Unavailable));
+    }
+    Ok(())
+}
+
 /// Applies raft-rs's `max_size` rule: the first entry always, then more while the running
 /// total stays within the limit.
 pub(crate) fn within_size(taken: usize, total: u64, max: Option<u64>) -> bool {
@@ -359,12 +371,7 @@ impl Storage for FjallLogStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < self.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last.0 + 1 || low > high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_entries_range(low, high, self.first(), self.last.0)?;
         if low == high {
             return Ok(Vec::new());
         }
