@@ -842,6 +842,9 @@ fn respond(ev: Evaluated, with_stats: bool, total: Duration) -> Response {
             for w in &ev.read.warnings {
                 r = r.with_warning(w.clone());
             }
+            for i in &ev.read.infos {
+                r = r.with_info(i.clone());
+            }
             r.into_response()
         }
         Err(e) => {

@@ -217,7 +217,7 @@ pub(crate) fn duration_ms(d: &Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-fn offset_ms(o: &Option<Offset>) -> i64 {
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
         Some(Offset::Pos(d)) => duration_ms(d),
@@ -232,8 +232,38 @@ fn system_time_ms(t: &SystemTime) -> i64 {
     }
 }
 
+/// The matcher sets of a selector: one, or one per `or` group, each with the metric name.
+pub(crate) fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
+    let groups: Vec<&Vec<promql_parser::label::Matcher>> = if vs.matchers.or_matchers.is_empty() {
+        vec![&vs.matchers.matchers]
+    } else {
+        vs.matchers.or_matchers.iter().collect()
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut ms = Vec::with_capacity(group.len() + 1);
+        if let Some(name) = &vs.name {
+            ms.push(Matcher::equal(METRIC_NAME, name.clone()));
+        }
+        for m in group {
+            let op = match m.op {
+                PMatchOp::Equal => MatchOp::Equal,
+                PMatchOp::NotEqual => MatchOp::NotEqual,
+                PMatchOp::Re(_) => MatchOp::RegexMatch,
+                PMatchOp::NotRe(_) => MatchOp::RegexNoMatch,
+            };
+            ms.push(
+                Matcher::new(op, m.name.clone(), m.value.clone())
+                    .map_err(|e| QueryError::exec(e.to_string()))?,
+            );
+        }
+        out.push(ms);
+    }
+    Ok(out)
+}
+
 pub(crate) struct Evaluator<'a> {
-    q: &'a dyn Queryable,
+    pub(crate) q: &'a dyn Queryable,
     pub(crate) opts: &'a EvalOptions,
     pub(crate) query_start: i64,
     pub(crate) query_end: i64,
@@ -254,7 +284,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
+    pub(crate) fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
         at.as_ref().map(|a| match a {
             AtModifier::Start => self.query_start,
             AtModifier::End => self.query_end,
@@ -321,7 +351,10 @@ impl<'a> Evaluator<'a> {
             Expr::Subquery(sq) => self.eval_subquery(sq, r),
             Expr::Binary(b) => super::binary::eval_binary(self, b, r),
             Expr::Aggregate(a) => super::aggregate::eval_aggregate(self, a, r),
-            Expr::Call(c) => super::functions::eval_call(self, c, r),
+            Expr::Call(c) => match super::tiered::eval_call(self, c, r)? {
+                Some(v) => Ok(v),
+                None => super::functions::eval_call(self, c, r),
+            },
             Expr::Extension(_) => Err(QueryError::exec("unsupported expression extension")),
         }
     }
@@ -333,45 +366,29 @@ impl<'a> Evaluator<'a> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesData>, QueryError> {
-        let groups: Vec<&Vec<promql_parser::label::Matcher>> = if vs.matchers.or_matchers.is_empty()
-        {
-            vec![&vs.matchers.matchers]
-        } else {
-            vs.matchers.or_matchers.iter().collect()
-        };
         let mut out: Vec<SeriesData> = Vec::new();
         let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
-        for group in groups {
-            let mut ms = Vec::with_capacity(group.len() + 1);
-            if let Some(name) = &vs.name {
-                ms.push(Matcher::equal(METRIC_NAME, name.clone()));
-            }
-            for m in group {
-                let op = match m.op {
-                    PMatchOp::Equal => MatchOp::Equal,
-                    PMatchOp::NotEqual => MatchOp::NotEqual,
-                    PMatchOp::Re(_) => MatchOp::RegexMatch,
-                    PMatchOp::NotRe(_) => MatchOp::RegexNoMatch,
-                };
-                ms.push(
-                    Matcher::new(op, m.name.clone(), m.value.clone())
-                        .map_err(|e| QueryError::exec(e.to_string()))?,
-                );
-            }
+        for ms in matcher_groups(vs)? {
             for s in self.q.select(&ms, mint, maxt)? {
-                self.samples_read = self.samples_read.saturating_add(s.samples.len());
-                if self.samples_read > self.opts.max_samples {
-                    return Err(QueryError::Limit(format!(
-                        "query processing would load more than {} samples",
-                        self.opts.max_samples
-                    )));
-                }
+                self.count_read(s.samples.len())?;
                 if seen.insert(s.labels.clone()) {
                     out.push(s);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Adds `n` samples (or aggregate windows) read, refusing the query past the limit.
+    pub(crate) fn count_read(&mut self, n: usize) -> Result<(), QueryError> {
+        self.samples_read = self.samples_read.saturating_add(n);
+        if self.samples_read > self.opts.max_samples {
+            return Err(QueryError::Limit(format!(
+                "query processing would load more than {} samples",
+                self.opts.max_samples
+            )));
+        }
+        Ok(())
     }
 
     fn eval_vector_selector(

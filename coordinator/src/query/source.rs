@@ -1,15 +1,25 @@
 //! The node's live data as the engine reads it: the series index and the in-memory
-//! head of the replicated state machine, plus the raw tier of the store for chunks the
-//! head has sealed and handed over.
+//! head of the replicated state machine, the raw tier of the store for chunks the head
+//! has sealed and handed over, and the store's aggregate tiers for old ranges.
 //!
 //! One [`LiveSource`] serves one query. Each `select` takes the state's read lock only
 //! to resolve the matchers and copy the head's samples, then releases it before the
 //! store is read, so a long query never holds up apply (the writer of that lock).
 //!
-//! **Tiers.** Only the raw tier and the head are read. Ranges older than the raw tier's
-//! retention are not served from the aggregate tiers yet (that is the long-range tier
-//! selection of issue 4); such a query gets a warning saying its start lies beyond raw
-//! retention, so a partial answer is never silent.
+//! **Tiers.** Raw samples (head and raw tier) answer every selector whose range raw
+//! retention still covers. Range functions that aggregate windows can answer
+//! (`rate`, `increase`, `avg`/`sum`/`count`/`min`/`max`/`last_over_time` applied to a
+//! matrix selector) are answered over older ranges from an aggregate tier; the engine
+//! chooses it ([`super::tiered`]) from what [`LiveSource::tier_views`] says each tier
+//! holds, and the answer names it in its `infos`. Any other selector reaching before raw
+//! retention gets a warning saying so, so a partial answer is never silent.
+//!
+//! How far a tier is complete is estimated from the replicated time: the aggregator seals
+//! windows against the leader's time less the out-of-order window, checked once a
+//! minute, and hands them out a block at a time (see `tsdb::aggregate`); the replica
+//! writes them to the store at its next checkpoint ([`LiveSource::with_store_lag_ms`]).
+//! Where a series has newer samples than its stored windows reach, the engine leaves
+//! the unstored part out with a warning rather than answer from half a range.
 //!
 //! **Consistency.** The head only accepts a sample newer than what it has sealed, so
 //! every stored chunk is older than every head sample of the same series; the store is
@@ -32,13 +42,20 @@ use std::time::{Duration, Instant};
 
 use argus_common::model::Labels;
 
-use super::value::{METRIC_NAME, QueryError, Queryable, SeriesData};
-use crate::state::replica::SharedState;
+use super::tiered::TierView;
+use super::value::{Annotation, METRIC_NAME, QueryError, Queryable, SeriesData, WindowSeries};
+use crate::state::replica::{ReplicaConfig, SharedState};
+use crate::tsdb::aggregate::DEFAULT_BLOCK_WINDOWS;
 use crate::tsdb::store::{Store, StoreError};
+use crate::tsdb::tier::{Tier, align_down};
 use crate::tsdb::{Matcher, SeriesId};
 
 /// How often (in series) a long selection checks the query deadline.
 const DEADLINE_CHECK_EVERY: usize = 256;
+
+/// How often, in leader time, the state machine seals the aggregate windows of every
+/// series against its time (its `WATERMARK_EVERY_MS`, which it keeps private).
+const WATERMARK_EVERY_MS: i64 = 60_000;
 
 /// Limits of query serving. Defaults follow Prometheus's flags where it has one
 /// (named in each field's doc); each refusal names the limit it hit.
@@ -86,16 +103,26 @@ pub struct ReadStats {
     pub samples: usize,
     /// Of those, samples read from the store's raw tier.
     pub store_samples: usize,
+    /// Aggregate windows read from the store's aggregate tiers (also in `samples`).
+    pub tier_windows: usize,
     /// Set when a read was refused because the deadline had passed.
     pub timed_out: bool,
     /// Distinct warnings for the response.
     pub warnings: Vec<String>,
+    /// Distinct info annotations for the response (which tier answered).
+    pub infos: Vec<String>,
 }
 
 impl ReadStats {
     fn warn(&mut self, w: String) {
         if !self.warnings.contains(&w) {
             self.warnings.push(w);
+        }
+    }
+
+    fn info(&mut self, i: String) {
+        if !self.infos.contains(&i) {
+            self.infos.push(i);
         }
     }
 }
@@ -109,6 +136,8 @@ pub struct LiveSource {
     deadline: Option<Instant>,
     /// Wall-clock "now" of the query, for the raw tier's retention horizon.
     now_ms: i64,
+    /// How long sealed windows may wait before the replica writes them to the store.
+    store_lag_ms: i64,
     read: RefCell<ReadStats>,
 }
 
@@ -127,8 +156,17 @@ impl LiveSource {
             max_series: limits.max_series,
             deadline,
             now_ms,
+            store_lag_ms: ReplicaConfig::default().checkpoint_interval_ms,
             read: RefCell::new(ReadStats::default()),
         }
+    }
+
+    /// Sets how long sealed aggregate windows may wait before the replica writes them to
+    /// the store (its checkpoint interval; the default's unless set), which bounds how
+    /// recent a window the tiers can be relied on to hold.
+    pub fn with_store_lag_ms(mut self, ms: i64) -> LiveSource {
+        self.store_lag_ms = ms.max(0);
+        self
     }
 
     /// What was read so far.
@@ -173,6 +211,89 @@ impl LiveSource {
     fn raw_horizon(&self) -> Option<i64> {
         self.store.tiers().get(0).map(|t| t.oldest_ms(self.now_ms))
     }
+
+    /// Resolves `matchers` under the state's read lock: ids, labels (with `__name__`) and
+    /// the head's newest timestamp, counted against the series limit.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        matchers: &[Matcher],
+    ) -> Result<Vec<(SeriesId, Labels, Option<i64>)>, QueryError> {
+        let sm = self
+            .state
+            .read()
+            .map_err(|_| QueryError::Store("state lock poisoned".into()))?;
+        self.read.borrow_mut().applied.get_or_insert(sm.applied());
+        let ids = sm
+            .index()
+            .select(matchers)
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        self.count_series(ids.len())?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            if i % DEADLINE_CHECK_EVERY == DEADLINE_CHECK_EVERY - 1 {
+                self.check_deadline()?;
+            }
+            if let Some(series) = sm.index().series(id) {
+                let mut labels = series.labels.clone();
+                labels.set(METRIC_NAME, series.name.clone());
+                out.push((id, labels, sm.head().newest(id)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn count_series(&self, n: usize) -> Result<(), QueryError> {
+        let mut r = self.read.borrow_mut();
+        r.series = r.series.saturating_add(n);
+        if r.series > self.max_series {
+            return Err(QueryError::Limit(format!(
+                "query selects more than {} series (limit query.max_series); \
+                 narrow the selectors",
+                self.max_series
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Span of the aggregator's blocks for an aggregate tier: windows reach the store a
+/// block at a time. Mirrors `Aggregator::new` (which keeps it private): the most windows,
+/// up to [`DEFAULT_BLOCK_WINDOWS`], that divide the tier's partition.
+fn block_ms(tier: &Tier) -> Option<i64> {
+    let step = tier.step_ms()?;
+    let per_partition = tier.partition_ms() / step;
+    let k = (1..=DEFAULT_BLOCK_WINDOWS as i64)
+        .rev()
+        .find(|k| per_partition % k == 0)
+        .unwrap_or(1);
+    Some(step * k)
+}
+
+/// What each tier holds at wall-clock `now_ms`, given the replicated time, the head's
+/// out-of-order window and the replica's store lag (see the module doc). Pure, for tests.
+pub(crate) fn tier_views(
+    tiers: &crate::tsdb::tier::Tiers,
+    now_ms: i64,
+    leader_ms: i64,
+    ooo_ms: i64,
+    store_lag_ms: i64,
+) -> Vec<TierView> {
+    let frontier = leader_ms
+        .saturating_sub(WATERMARK_EVERY_MS)
+        .saturating_sub(ooo_ms)
+        .saturating_sub(store_lag_ms)
+        .saturating_sub(1);
+    tiers
+        .iter()
+        .map(|(id, t)| TierView {
+            tier: id,
+            name: t.name().to_owned(),
+            step_ms: t.step_ms(),
+            oldest_ms: t.oldest_ms(now_ms),
+            complete_until_ms: block_ms(t).map_or(i64::MAX, |b| align_down(frontier, b)),
+        })
+        .collect()
 }
 
 fn samples_limit(max: usize) -> QueryError {
@@ -214,8 +335,10 @@ impl Queryable for LiveSource {
         {
             self.read.borrow_mut().warn(format!(
                 "the query reads from {mint} ms, before the raw tier's retention horizon \
-                 ({h} ms); older data is kept only in aggregate tiers, which queries do not \
-                 read yet, so results for that part of the range may be incomplete"
+                 ({h} ms); older data is kept only in aggregate tiers, which answer only \
+                 rate, increase and avg, sum, count, min, max and last_over_time applied \
+                 directly to a range selector, so other results for that part of the range \
+                 may be incomplete"
             ));
         }
         // Locked phase: resolve the matchers, copy labels and head samples.
@@ -232,17 +355,7 @@ impl Queryable for LiveSource {
                 .index()
                 .select(matchers)
                 .map_err(|e| QueryError::Execution(e.to_string()))?;
-            {
-                let mut r = self.read.borrow_mut();
-                r.series = r.series.saturating_add(ids.len());
-                if r.series > self.max_series {
-                    return Err(QueryError::Limit(format!(
-                        "query selects more than {} series (limit query.max_series); \
-                         narrow the selectors",
-                        self.max_series
-                    )));
-                }
-            }
+            self.count_series(ids.len())?;
             let mut picked = Vec::with_capacity(ids.len());
             for (i, id) in ids.into_iter().enumerate() {
                 if i % DEADLINE_CHECK_EVERY == DEADLINE_CHECK_EVERY - 1 {
@@ -292,6 +405,69 @@ impl Queryable for LiveSource {
             }
         }
         Ok(out)
+    }
+
+    fn tier_views(&self) -> Result<Option<Vec<TierView>>, QueryError> {
+        let (leader_ms, ooo_ms) = {
+            let sm = self
+                .state
+                .read()
+                .map_err(|_| QueryError::Store("state lock poisoned".into()))?;
+            (sm.last_time_ms(), sm.head().config().ooo_window_ms)
+        };
+        let views = tier_views(
+            self.store.tiers(),
+            self.now_ms,
+            leader_ms,
+            ooo_ms,
+            self.store_lag_ms,
+        );
+        Ok((views.len() > 1).then_some(views))
+    }
+
+    fn select_windows(
+        &self,
+        matchers: &[Matcher],
+        tier: u8,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<WindowSeries>, QueryError> {
+        self.check_deadline()?;
+        if mint > maxt {
+            return Ok(Vec::new());
+        }
+        let picked = self.resolve(matchers)?;
+        let mut out = Vec::with_capacity(picked.len());
+        for (i, (id, labels, newest_ms)) in picked.into_iter().enumerate() {
+            if i % DEADLINE_CHECK_EVERY == DEADLINE_CHECK_EVERY - 1 {
+                self.check_deadline()?;
+            }
+            let windows = self
+                .store
+                .read_aggregates(tier, id, mint, maxt)
+                .map_err(store_error)?;
+            self.charge(windows.len())?;
+            {
+                let mut r = self.read.borrow_mut();
+                r.tier_windows = r.tier_windows.saturating_add(windows.len());
+            }
+            if !windows.is_empty() {
+                out.push(WindowSeries {
+                    labels,
+                    windows,
+                    newest_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn annotate(&self, note: Annotation) {
+        let mut r = self.read.borrow_mut();
+        match note {
+            Annotation::Info(i) => r.info(i),
+            Annotation::Warning(w) => r.warn(w),
+        }
     }
 }
 
@@ -589,6 +765,39 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tiers_are_complete_up_to_the_last_block_the_replica_has_written() {
+        let day = 86_400_000;
+        let now = T0 + 10 * day;
+        // Leader time 07:30, 10 min out-of-order window, 1 min watermark, 1 min store lag.
+        let leader = T0 + 7 * 3_600_000 + 30 * 60_000;
+        let v = tier_views(&Tiers::argus_defaults(), now, leader, 600_000, 60_000);
+        let summary: Vec<_> = v
+            .iter()
+            .map(|t| (t.name.as_str(), t.oldest_ms, t.complete_until_ms))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("raw", now - day, i64::MAX),
+                // 5-minute windows go out in 2-hour blocks: 07:18 rounds down to 06:00.
+                ("5m", now - 30 * day, T0 + 6 * 3_600_000),
+                // Hourly windows in day blocks: up to the start of the day.
+                ("1h", now - 365 * day, T0),
+            ]
+        );
+        // The product tiers' daily windows go out in 3-day blocks (their partition).
+        let v = tier_views(
+            &Tiers::product_docs().unwrap(),
+            now,
+            leader,
+            600_000,
+            60_000,
+        );
+        assert_eq!(v[3].complete_until_ms % (3 * day), 0);
+        assert!(leader - v[3].complete_until_ms < 3 * day + 12 * 60_000);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 
 use argus_common::model::Labels;
 
+use super::tiered::TierView;
 use crate::tsdb::Matcher;
+use crate::tsdb::aggregate::Aggregate;
 
 /// The label that carries the metric name in query results.
 pub const METRIC_NAME: &str = "__name__";
@@ -15,8 +17,31 @@ pub struct SeriesData {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// One stored series as an aggregate tier holds it: labels including `__name__`, windows
+/// ascending by start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSeries {
+    pub labels: Labels,
+    pub windows: Vec<Aggregate>,
+    /// The newest sample the source holds for the series, where it knows it: windows
+    /// missing before it are not stored yet rather than empty.
+    pub newest_ms: Option<i64>,
+}
+
+/// A note for the query's answer: Prometheus's `infos` and `warnings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Annotation {
+    /// Something the user should know to read the answer right (which tier answered).
+    Info(String),
+    /// The answer may be incomplete or differ from what raw samples would give.
+    Warning(String),
+}
+
 /// The store as the engine needs it. Implemented by the tsdb, and by [`super::MemStore`]
 /// in tests; keeping it this narrow means the engine does no I/O of its own.
+///
+/// Only `select` is required: a source without aggregate tiers keeps the defaults of the
+/// other methods, and every function is then evaluated over raw samples.
 pub trait Queryable {
     /// Every series matching all `matchers`, with its samples in `[mint, maxt]`
     /// (inclusive; the engine applies left-open windows itself).
@@ -26,6 +51,30 @@ pub trait Queryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesData>, QueryError>;
+
+    /// The tiers behind this source as of this query, raw first (see
+    /// [`super::tiered`]); `None` when it holds raw samples only.
+    fn tier_views(&self) -> Result<Option<Vec<TierView>>, QueryError> {
+        Ok(None)
+    }
+
+    /// Every series matching all `matchers`, with its windows of aggregate tier `tier`
+    /// whose start is in `[mint, maxt]`; series without such windows are left out.
+    fn select_windows(
+        &self,
+        matchers: &[Matcher],
+        tier: u8,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<WindowSeries>, QueryError> {
+        let _ = (matchers, tier, mint, maxt);
+        Ok(Vec::new())
+    }
+
+    /// Records a note for the answer. Sources that cannot pass notes on drop them.
+    fn annotate(&self, note: Annotation) {
+        let _ = note;
+    }
 }
 
 /// Why a query failed. `Bad*` are the user's fault (HTTP 400/422); `Store` is ours.
