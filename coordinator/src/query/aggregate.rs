@@ -3,10 +3,19 @@
 use std::collections::HashMap;
 
 use argus_common::model::{Labels, is_valid_label_name};
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use super::engine::{Evaluator, StepRange};
+use super::functions::{SeriesSteps, eval_call_series};
+use super::tiered;
 use super::value::{METRIC_NAME, QueryError, Sample, Value};
+
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
 
 /// Neumaier's compensated addition, as Prometheus sums: returns the new sum and
 /// compensation, so large and small addends do not cancel each other out.
@@ -129,7 +138,27 @@ pub(crate) fn eval_aggregate(
         Some(p) => Some(ev.eval(p, r)?),
         None => None,
     };
-    let Value::Vector(steps) = ev.eval(&a.expr, r)? else {
+    let inner = match unparen(&a.expr) {
+        // A range function answered from raw samples is reduced series by series; one
+        // that an aggregate tier answers (old data) comes as samples, as it does alone.
+        Expr::Call(c) if REDUCING.contains(&op.as_str()) => match tiered::eval_call(ev, c, r)? {
+            Some(v) => v,
+            None => match eval_call_series(ev, c, r)? {
+                Some(series) => {
+                    return reduce_series(
+                        &op,
+                        series,
+                        param.as_ref(),
+                        a.modifier.as_ref(),
+                        r.len(),
+                    );
+                }
+                None => ev.eval(&a.expr, r)?,
+            },
+        },
+        _ => ev.eval(&a.expr, r)?,
+    };
+    let Value::Vector(steps) = inner else {
         return Err(QueryError::exec(format!(
             "expected instant vector in aggregation {op}"
         )));
@@ -214,44 +243,8 @@ pub(crate) fn eval_aggregate(
                     groups[j].2 |= s.drop_name;
                 }
                 let mut res = Vec::with_capacity(groups.len());
-                for (labels, vals, drop_name) in groups {
-                    let f = match op.as_str() {
-                        "sum" => {
-                            let (mut s, mut c) = (0.0, 0.0);
-                            for v in &vals {
-                                (s, c) = kahan_inc(*v, s, c);
-                            }
-                            s + c
-                        }
-                        "avg" => kahan_mean(vals.iter().copied()),
-                        "count" => vals.len() as f64,
-                        "group" => 1.0,
-                        "min" => vals
-                            .iter()
-                            .skip(1)
-                            .fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
-                        "max" => vals
-                            .iter()
-                            .skip(1)
-                            .fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
-                        "stddev" | "stdvar" => {
-                            let (mut n, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
-                            for &v in &vals {
-                                n += 1.0;
-                                let d = v - mean;
-                                mean += d / n;
-                                m2 += d * (v - mean);
-                            }
-                            let var = m2 / n;
-                            if op == "stddev" { var.sqrt() } else { var }
-                        }
-                        "quantile" => quantile(scalar_param.unwrap_or(f64::NAN), vals),
-                        other => {
-                            return Err(QueryError::exec(format!(
-                                "unsupported aggregation {other}"
-                            )));
-                        }
-                    };
+                for (labels, mut vals, drop_name) in groups {
+                    let f = reduce(&op, &mut vals, scalar_param)?;
                     let drop_name = drop_name && labels.get(METRIC_NAME).is_some();
                     res.push(Sample {
                         labels,
@@ -263,6 +256,115 @@ pub(crate) fn eval_aggregate(
                 res
             }
         };
+        out.push(res);
+    }
+    Ok(Value::Vector(out))
+}
+
+/// Aggregations that reduce each group to one value, with nothing but the values.
+const REDUCING: [&str; 9] = [
+    "sum", "avg", "count", "group", "min", "max", "stddev", "stdvar", "quantile",
+];
+
+/// One group's value for a [`REDUCING`] aggregation; `vals` are in input order (it
+/// decides the order of float additions) and are not empty.
+fn reduce(op: &str, vals: &mut Vec<f64>, scalar_param: Option<f64>) -> Result<f64, QueryError> {
+    Ok(match op {
+        "sum" => {
+            let (mut s, mut c) = (0.0, 0.0);
+            for v in vals.iter() {
+                (s, c) = kahan_inc(*v, s, c);
+            }
+            s + c
+        }
+        "avg" => kahan_mean(vals.iter().copied()),
+        "count" => vals.len() as f64,
+        "group" => 1.0,
+        "min" => vals
+            .iter()
+            .skip(1)
+            .fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
+        "max" => vals
+            .iter()
+            .skip(1)
+            .fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
+        "stddev" | "stdvar" => {
+            let (mut n, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+            for &v in vals.iter() {
+                n += 1.0;
+                let d = v - mean;
+                mean += d / n;
+                m2 += d * (v - mean);
+            }
+            let var = m2 / n;
+            if op == "stddev" { var.sqrt() } else { var }
+        }
+        "quantile" => quantile(scalar_param.unwrap_or(f64::NAN), std::mem::take(vals)),
+        other => {
+            return Err(QueryError::exec(format!("unsupported aggregation {other}")));
+        }
+    })
+}
+
+/// A [`REDUCING`] aggregation over a range function's result kept per series: the group
+/// of each series is worked out once instead of once per step, and no sample (with
+/// its copy of the labels) is made for the inner function. Same answer as the general
+/// path: per step, groups in order of their first member, values in series order.
+fn reduce_series(
+    op: &str,
+    series: Vec<SeriesSteps>,
+    param: Option<&Value>,
+    modifier: Option<&LabelModifier>,
+    steps: usize,
+) -> Result<Value, QueryError> {
+    let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut keys: Vec<Labels> = Vec::new();
+    let group_of: Vec<usize> = series
+        .iter()
+        .map(|s| {
+            let key = group_key(&s.labels, modifier);
+            match idx.get(&key) {
+                Some(&g) => g,
+                None => {
+                    keys.push(key.clone());
+                    idx.insert(key, keys.len() - 1);
+                    keys.len() - 1
+                }
+            }
+        })
+        .collect();
+    let mut vals: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    let mut drop_names = vec![false; keys.len()];
+    let mut order: Vec<usize> = Vec::new();
+    let mut out = Vec::with_capacity(steps);
+    for i in 0..steps {
+        let scalar_param = match param {
+            Some(Value::Scalar(v)) => v.get(i).copied(),
+            _ => None,
+        };
+        for (s, &g) in series.iter().zip(&group_of) {
+            if let Some(Some(v)) = s.values.get(i) {
+                if vals[g].is_empty() {
+                    order.push(g);
+                }
+                vals[g].push(*v);
+                drop_names[g] |= s.drop_name;
+            }
+        }
+        let mut res = Vec::with_capacity(order.len());
+        for &g in &order {
+            let f = reduce(op, &mut vals[g], scalar_param)?;
+            vals[g].clear();
+            let labels = keys[g].clone();
+            let drop_name = std::mem::take(&mut drop_names[g]) && labels.get(METRIC_NAME).is_some();
+            res.push(Sample {
+                labels,
+                f,
+                t: 0,
+                drop_name,
+            });
+        }
+        order.clear();
         out.push(res);
     }
     Ok(Value::Vector(out))
@@ -309,4 +411,108 @@ fn select_k(op: &str, k: usize, samples: Vec<Sample>, m: Option<&LabelModifier>)
         out.extend(g);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use argus_common::model::{Labels, stale_nan};
+    use promql_parser::parser::parse;
+
+    use crate::query::{EvalOptions, MemStore, QueryValue, range_query};
+
+    /// Counters and gauges with what makes grouping per step differ from step to step:
+    /// series that start late or end early, a counter reset, a stale marker, a NaN.
+    fn store() -> MemStore {
+        let mut m = MemStore::new();
+        for inst in 0..4 {
+            for (k, mode) in ["idle", "user", "system"].iter().enumerate() {
+                let labels = Labels::from_pairs([
+                    ("__name__", "m"),
+                    ("inst", &format!("i{inst}") as &str),
+                    ("mode", mode),
+                ]);
+                let (from, to) = match (inst, k) {
+                    (1, 0) => (40, 160),
+                    (2, 1) => (0, 90),
+                    _ => (0, 160),
+                };
+                let samples = (from..to).map(|j| {
+                    let t = j * 15_000 + 1_000 * inst;
+                    let v = match (inst, k, j) {
+                        (3, 2, 70) => f64::NAN,
+                        (0, 1, 100) => stale_nan(),
+                        (2, 2, j) if j >= 80 => (j - 80) as f64 * 0.5,
+                        _ => (j * (k as i64 + 1) * (inst + 2)) as f64 * 0.25,
+                    };
+                    (t, v)
+                });
+                m.add(labels, samples);
+            }
+        }
+        m.add(
+            Labels::from_pairs([("__name__", "other"), ("inst", "i0"), ("mode", "idle")]),
+            (0..160).map(|j| (j * 15_000, 1.0)),
+        );
+        m
+    }
+
+    fn run(m: &MemStore, q: &str) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let expr = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        match range_query(m, &expr, 0, 2_400_000, 30_000, &EvalOptions::default()) {
+            Ok(QueryValue::Matrix(series)) => {
+                series.into_iter().map(|s| (s.labels, s.samples)).collect()
+            }
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reducing_a_range_function_per_series_answers_as_per_step() {
+        let m = store();
+        let mut checked = 0;
+        for (open, param) in [
+            ("sum", ""),
+            ("avg", ""),
+            ("count", ""),
+            ("group", ""),
+            ("min", ""),
+            ("max", ""),
+            ("stddev", ""),
+            ("stdvar", ""),
+            ("quantile", "0.3,"),
+        ] {
+            for modifier in ["", " by (mode)", " without (inst)", " by (__name__, mode)"] {
+                for f in [
+                    "rate(m[2m])",
+                    "last_over_time(m[1m])",
+                    "max_over_time(m[90s])",
+                ] {
+                    // `+ 0` makes the argument a binary expression, which takes the
+                    // per-step path; the value is the same (0 + x = x).
+                    let fused = format!("{open}{modifier}({param} {f})");
+                    let stepwise = format!("{open}{modifier}({param} {f} + 0)");
+                    let (a, b) = (run(&m, &fused), run(&m, &stepwise));
+                    let a_labels: Vec<&Labels> = a.iter().map(|s| &s.0).collect();
+                    let b_labels: Vec<&Labels> = b.iter().map(|s| &s.0).collect();
+                    if modifier.contains("__name__") && f.starts_with("last") {
+                        // last_over_time keeps the name, `+ 0` drops it: only the values
+                        // can be compared.
+                        assert_eq!(a.len(), b.len(), "{fused}");
+                    } else {
+                        assert_eq!(a_labels, b_labels, "{fused}");
+                    }
+                    assert!(!a.is_empty(), "{fused}: no answer");
+                    for ((_, x), (_, y)) in a.iter().zip(&b) {
+                        assert_eq!(x.len(), y.len(), "{fused}");
+                        for (p, q) in x.iter().zip(y) {
+                            let same = p.1 == q.1 || (p.1.is_nan() && q.1.is_nan());
+                            assert!(p.0 == q.0 && same, "{fused}: {p:?} vs {q:?}");
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 9 * 4 * 3);
+    }
 }

@@ -42,33 +42,333 @@ fn absent_labels(e: &Expr) -> Labels {
     l
 }
 
+/// The result of a function over a range vector, kept series by series: labels once,
+/// one value (or none) per step. Turning it into samples clones the labels for every
+/// step, which costs more than computing the values; an aggregation over the function
+/// reads this form instead (see `aggregate`).
+pub(crate) struct SeriesSteps {
+    pub labels: Labels,
+    pub drop_name: bool,
+    pub values: Vec<Option<f64>>,
+}
+
 /// Applies `f` to the window of every series at every step.
-fn over_range(
+fn over_range_series(
     m: &MatrixArg,
     times: &[i64],
     keep_name: bool,
     mut f: impl FnMut(&[(i64, f64)], i64, i64, usize) -> Option<f64>,
-) -> Vec<Vec<Sample>> {
+) -> Vec<SeriesSteps> {
+    m.series
+        .iter()
+        .filter_map(|s| {
+            let mut any = false;
+            let values: Vec<Option<f64>> = times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let end = m.end_at(*t);
+                    let start = end - m.range;
+                    let pts = window(&s.points, start, end);
+                    if pts.is_empty() {
+                        return None;
+                    }
+                    let v = f(pts, start, end, i);
+                    any |= v.is_some();
+                    v
+                })
+                .collect();
+            any.then(|| SeriesSteps {
+                labels: s.labels.clone(),
+                drop_name: !keep_name || s.drop_name,
+                values,
+            })
+        })
+        .collect()
+}
+
+/// Samples per step, in series order within a step.
+pub(crate) fn to_steps(series: Vec<SeriesSteps>, times: &[i64]) -> Vec<Vec<Sample>> {
     let mut out: Vec<Vec<Sample>> = vec![Vec::new(); times.len()];
-    for s in &m.series {
-        for (i, t) in times.iter().enumerate() {
-            let end = m.end_at(*t);
-            let start = end - m.range;
-            let pts = window(&s.points, start, end);
-            if pts.is_empty() {
-                continue;
-            }
-            if let Some(v) = f(pts, start, end, i) {
-                out[i].push(Sample {
+    for s in series {
+        for ((step, v), t) in out.iter_mut().zip(&s.values).zip(times) {
+            if let Some(f) = v {
+                step.push(Sample {
                     labels: s.labels.clone(),
-                    f: v,
+                    f: *f,
                     t: *t,
-                    drop_name: !keep_name || s.drop_name,
+                    drop_name: s.drop_name,
                 });
             }
         }
     }
     out
+}
+
+/// Moves instant-vector argument `i` out of `args` (each is read once), instead of
+/// copying every sample.
+fn take_vector(args: &mut [Value], i: usize, name: &str) -> Result<Vec<Vec<Sample>>, QueryError> {
+    match args.get_mut(i) {
+        Some(Value::Vector(v)) => Ok(std::mem::take(v)),
+        _ => Err(QueryError::exec(format!(
+            "{name}: expected an instant vector"
+        ))),
+    }
+}
+
+/// Functions that map each series of a range vector to one value per step.
+const RANGE_FUNCTIONS: [&str; 27] = [
+    "rate",
+    "increase",
+    "delta",
+    "irate",
+    "idelta",
+    "sum_over_time",
+    "avg_over_time",
+    "count_over_time",
+    "min_over_time",
+    "max_over_time",
+    "last_over_time",
+    "first_over_time",
+    "ts_of_last_over_time",
+    "ts_of_first_over_time",
+    "ts_of_max_over_time",
+    "ts_of_min_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "mad_over_time",
+    "quantile_over_time",
+    "present_over_time",
+    "changes",
+    "resets",
+    "deriv",
+    "predict_linear",
+    "double_exponential_smoothing",
+    "holt_winters",
+];
+
+/// Evaluates `c` series by series when it is one of [`RANGE_FUNCTIONS`]; `None` for any
+/// other expression, which the caller evaluates the usual way.
+pub(crate) fn eval_call_series(
+    ev: &mut Evaluator<'_>,
+    c: &Call,
+    r: &StepRange,
+) -> Result<Option<Vec<SeriesSteps>>, QueryError> {
+    if !RANGE_FUNCTIONS.contains(&c.func.name) {
+        return Ok(None);
+    }
+    let times = r.times(ev.opts.max_steps)?;
+    let mut args = Vec::with_capacity(c.args.args.len());
+    for a in &c.args.args {
+        args.push(ev.eval(a, r)?);
+    }
+    range_function(c.func.name, &args, &times).map(Some)
+}
+
+/// One of [`RANGE_FUNCTIONS`] over evaluated arguments.
+fn range_function(
+    name: &str,
+    args: &[Value],
+    times: &[i64],
+) -> Result<Vec<SeriesSteps>, QueryError> {
+    let n = times.len();
+    let matrix = |i: usize| -> Result<&MatrixArg, QueryError> {
+        match args.get(i) {
+            Some(Value::Matrix(m)) => Ok(m),
+            _ => Err(QueryError::exec(format!("{name}: expected a range vector"))),
+        }
+    };
+    let scalars = |i: usize| -> Result<Vec<f64>, QueryError> {
+        match args.get(i) {
+            Some(Value::Scalar(v)) => Ok(v.clone()),
+            _ => Err(QueryError::exec(format!("{name}: expected a scalar"))),
+        }
+    };
+    Ok(match name {
+        "rate" | "increase" | "delta" => {
+            let m = matrix(0)?;
+            let (counter, rate) = match name {
+                "rate" => (true, true),
+                "increase" => (true, false),
+                _ => (false, false),
+            };
+            let range = m.range;
+            over_range_series(m, times, false, |p, s, e, _| {
+                extrapolated_rate(p, s, e, range, counter, rate)
+            })
+        }
+        "irate" | "idelta" => {
+            let m = matrix(0)?;
+            let is_rate = name == "irate";
+            over_range_series(m, times, false, |p, _, _, _| {
+                if p.len() < 2 {
+                    return None;
+                }
+                let (l, pr) = (p[p.len() - 1], p[p.len() - 2]);
+                let mut v = l.1 - pr.1;
+                if is_rate {
+                    if l.1 < pr.1 {
+                        v = l.1;
+                    }
+                    let dt = l.0 - pr.0;
+                    if dt == 0 {
+                        return None;
+                    }
+                    v /= dt as f64 / 1000.0;
+                }
+                Some(v)
+            })
+        }
+        "sum_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            let (mut s, mut c) = (0.0, 0.0);
+            for &(_, v) in p {
+                (s, c) = kahan_inc(v, s, c);
+            }
+            Some(s + c)
+        }),
+        "avg_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            Some(kahan_mean(p.iter().map(|x| x.1)))
+        }),
+        "count_over_time" => {
+            over_range_series(matrix(0)?, times, false, |p, _, _, _| Some(p.len() as f64))
+        }
+        "min_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v < m || m.is_nan() { v } else { m }
+                },
+            ))
+        }),
+        "max_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v > m || m.is_nan() { v } else { m }
+                },
+            ))
+        }),
+        "last_over_time" => {
+            over_range_series(matrix(0)?, times, true, |p, _, _, _| p.last().map(|x| x.1))
+        }
+        "first_over_time" => {
+            over_range_series(matrix(0)?, times, true, |p, _, _, _| p.first().map(|x| x.1))
+        }
+        "ts_of_last_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            p.last().map(|x| x.0 as f64 / 1000.0)
+        }),
+        "ts_of_first_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            p.first().map(|x| x.0 as f64 / 1000.0)
+        }),
+        "ts_of_max_over_time" | "ts_of_min_over_time" => {
+            let max = name == "ts_of_max_over_time";
+            over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+                let mut best = p[0];
+                for &x in &p[1..] {
+                    let better = if max { x.1 >= best.1 } else { x.1 <= best.1 };
+                    if better || best.1.is_nan() {
+                        best = x;
+                    }
+                }
+                Some(best.0 as f64 / 1000.0)
+            })
+        }
+        "stddev_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            Some(stdvar(p).sqrt())
+        }),
+        "stdvar_over_time" => {
+            over_range_series(matrix(0)?, times, false, |p, _, _, _| Some(stdvar(p)))
+        }
+        "mad_over_time" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            let vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+            if vals.iter().any(|v| v.is_nan()) {
+                return Some(f64::NAN);
+            }
+            let med = quantile(0.5, vals.clone());
+            Some(quantile(
+                0.5,
+                vals.iter().map(|v| (v - med).abs()).collect(),
+            ))
+        }),
+        "quantile_over_time" => {
+            let q = scalars(0)?;
+            over_range_series(matrix(1)?, times, false, |p, _, _, i| {
+                Some(quantile(q[i], p.iter().map(|x| x.1).collect()))
+            })
+        }
+        "present_over_time" => over_range_series(matrix(0)?, times, false, |_, _, _, _| Some(1.0)),
+        "changes" | "resets" => {
+            let changes = name == "changes";
+            over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+                let mut n = 0.0;
+                for w in p.windows(2) {
+                    let (a, b) = (w[0].1, w[1].1);
+                    if changes {
+                        if !(a == b || (a.is_nan() && b.is_nan())) {
+                            n += 1.0;
+                        }
+                    } else if b < a {
+                        n += 1.0;
+                    }
+                }
+                Some(n)
+            })
+        }
+        "deriv" => over_range_series(matrix(0)?, times, false, |p, _, _, _| {
+            (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
+        }),
+        "predict_linear" => {
+            let m = matrix(0)?;
+            let d = scalars(1)?;
+            over_range_series(m, times, false, |p, _, _, i| {
+                if p.len() < 2 {
+                    return None;
+                }
+                let (slope, icpt) = linear_regression(p, times[i]);
+                Some(slope * d[i] + icpt)
+            })
+        }
+        "double_exponential_smoothing" | "holt_winters" => {
+            let m = matrix(0)?;
+            let sf = scalars(1)?;
+            let tf = scalars(2)?;
+            for i in 0..n {
+                if !(sf[i] > 0.0 && sf[i] < 1.0) {
+                    return Err(QueryError::exec(format!(
+                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
+                        sf[i]
+                    )));
+                }
+                if !(tf[i] > 0.0 && tf[i] < 1.0) {
+                    return Err(QueryError::exec(format!(
+                        "invalid trend factor. Expected: 0 < tf < 1, got: {}",
+                        tf[i]
+                    )));
+                }
+            }
+            over_range_series(m, times, false, |p, _, _, i| {
+                if p.len() < 2 {
+                    return None;
+                }
+                let (sf, tf) = (sf[i], tf[i]);
+                let (mut s0, mut s1) = (0.0, p[0].1);
+                let mut b = p[1].1 - p[0].1;
+                for (j, x) in p.iter().enumerate().skip(1) {
+                    if j > 1 {
+                        b = tf * (s1 - s0) + (1.0 - tf) * b;
+                    }
+                    let y = (1.0 - sf) * (s1 + b);
+                    (s0, s1) = (s1, sf * x.1 + y);
+                }
+                Some(s1)
+            })
+        }
+        other => {
+            return Err(QueryError::exec(format!(
+                "function {other}() is not a range function"
+            )));
+        }
+    })
 }
 
 /// Prometheus's `extrapolatedRate`: the change over the samples, extrapolated to the
@@ -460,14 +760,6 @@ pub(crate) fn eval_call(
             _ => Err(QueryError::exec(format!("{name}: expected a range vector"))),
         }
     };
-    let vector = |i: usize| -> Result<Vec<Vec<Sample>>, QueryError> {
-        match args.get(i) {
-            Some(Value::Vector(v)) => Ok(v.clone()),
-            _ => Err(QueryError::exec(format!(
-                "{name}: expected an instant vector"
-            ))),
-        }
-    };
     let scalars = |i: usize| -> Result<Vec<f64>, QueryError> {
         match args.get(i) {
             Some(Value::Scalar(v)) => Ok(v.clone()),
@@ -492,203 +784,24 @@ pub(crate) fn eval_call(
     };
 
     if let Some(f) = math_fn(name) {
-        return Ok(map_vec(vector(0)?, &|v, _| f(v)));
+        return Ok(map_vec(take_vector(&mut args, 0, name)?, &|v, _| f(v)));
+    }
+    if RANGE_FUNCTIONS.contains(&name) {
+        let series = range_function(name, &args, &times)?;
+        return Ok(Value::Vector(to_steps(series, &times)));
     }
     let v = match name {
-        "rate" | "increase" | "delta" => {
-            let m = matrix(0)?;
-            let (counter, rate) = match name {
-                "rate" => (true, true),
-                "increase" => (true, false),
-                _ => (false, false),
-            };
-            let range = m.range;
-            Value::Vector(over_range(m, &times, false, |p, s, e, _| {
-                extrapolated_rate(p, s, e, range, counter, rate)
-            }))
-        }
-        "irate" | "idelta" => {
-            let m = matrix(0)?;
-            let is_rate = name == "irate";
-            Value::Vector(over_range(m, &times, false, |p, _, _, _| {
-                if p.len() < 2 {
-                    return None;
-                }
-                let (l, pr) = (p[p.len() - 1], p[p.len() - 2]);
-                let mut v = l.1 - pr.1;
-                if is_rate {
-                    if l.1 < pr.1 {
-                        v = l.1;
-                    }
-                    let dt = l.0 - pr.0;
-                    if dt == 0 {
-                        return None;
-                    }
-                    v /= dt as f64 / 1000.0;
-                }
-                Some(v)
-            }))
-        }
-        "sum_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            let (mut s, mut c) = (0.0, 0.0);
-            for &(_, v) in p {
-                (s, c) = kahan_inc(v, s, c);
-            }
-            Some(s + c)
-        })),
-        "avg_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(kahan_mean(p.iter().map(|x| x.1)))
-        })),
-        "count_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(p.len() as f64)
-        })),
-        "min_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(p.iter().skip(1).fold(
-                p[0].1,
-                |m, &(_, v)| {
-                    if v < m || m.is_nan() { v } else { m }
-                },
-            ))
-        })),
-        "max_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(p.iter().skip(1).fold(
-                p[0].1,
-                |m, &(_, v)| {
-                    if v > m || m.is_nan() { v } else { m }
-                },
-            ))
-        })),
-        "last_over_time" => Value::Vector(over_range(matrix(0)?, &times, true, |p, _, _, _| {
-            p.last().map(|x| x.1)
-        })),
-        "first_over_time" => Value::Vector(over_range(matrix(0)?, &times, true, |p, _, _, _| {
-            p.first().map(|x| x.1)
-        })),
-        "ts_of_last_over_time" => {
-            Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-                p.last().map(|x| x.0 as f64 / 1000.0)
-            }))
-        }
-        "ts_of_first_over_time" => {
-            Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-                p.first().map(|x| x.0 as f64 / 1000.0)
-            }))
-        }
-        "ts_of_max_over_time" | "ts_of_min_over_time" => {
-            let max = name == "ts_of_max_over_time";
-            Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-                let mut best = p[0];
-                for &x in &p[1..] {
-                    let better = if max { x.1 >= best.1 } else { x.1 <= best.1 };
-                    if better || best.1.is_nan() {
-                        best = x;
-                    }
-                }
-                Some(best.0 as f64 / 1000.0)
-            }))
-        }
-        "stddev_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(stdvar(p).sqrt())
-        })),
-        "stdvar_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            Some(stdvar(p))
-        })),
-        "mad_over_time" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            let vals: Vec<f64> = p.iter().map(|x| x.1).collect();
-            if vals.iter().any(|v| v.is_nan()) {
-                return Some(f64::NAN);
-            }
-            let med = quantile(0.5, vals.clone());
-            Some(quantile(
-                0.5,
-                vals.iter().map(|v| (v - med).abs()).collect(),
-            ))
-        })),
-        "quantile_over_time" => {
-            let q = scalars(0)?;
-            Value::Vector(over_range(matrix(1)?, &times, false, |p, _, _, i| {
-                Some(quantile(q[i], p.iter().map(|x| x.1).collect()))
-            }))
-        }
-        "present_over_time" => {
-            Value::Vector(over_range(matrix(0)?, &times, false, |_, _, _, _| {
-                Some(1.0)
-            }))
-        }
-        "changes" | "resets" => {
-            let changes = name == "changes";
-            Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-                let mut n = 0.0;
-                for w in p.windows(2) {
-                    let (a, b) = (w[0].1, w[1].1);
-                    if changes {
-                        if !(a == b || (a.is_nan() && b.is_nan())) {
-                            n += 1.0;
-                        }
-                    } else if b < a {
-                        n += 1.0;
-                    }
-                }
-                Some(n)
-            }))
-        }
-        "deriv" => Value::Vector(over_range(matrix(0)?, &times, false, |p, _, _, _| {
-            (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
-        })),
-        "predict_linear" => {
-            let m = matrix(0)?;
-            let d = scalars(1)?;
-            Value::Vector(over_range(m, &times, false, |p, _, _, i| {
-                if p.len() < 2 {
-                    return None;
-                }
-                let (slope, icpt) = linear_regression(p, times[i]);
-                Some(slope * d[i] + icpt)
-            }))
-        }
-        "double_exponential_smoothing" | "holt_winters" => {
-            let m = matrix(0)?;
-            let sf = scalars(1)?;
-            let tf = scalars(2)?;
-            for i in 0..n {
-                if !(sf[i] > 0.0 && sf[i] < 1.0) {
-                    return Err(QueryError::exec(format!(
-                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {}",
-                        sf[i]
-                    )));
-                }
-                if !(tf[i] > 0.0 && tf[i] < 1.0) {
-                    return Err(QueryError::exec(format!(
-                        "invalid trend factor. Expected: 0 < tf < 1, got: {}",
-                        tf[i]
-                    )));
-                }
-            }
-            Value::Vector(over_range(m, &times, false, |p, _, _, i| {
-                if p.len() < 2 {
-                    return None;
-                }
-                let (sf, tf) = (sf[i], tf[i]);
-                let (mut s0, mut s1) = (0.0, p[0].1);
-                let mut b = p[1].1 - p[0].1;
-                for (j, x) in p.iter().enumerate().skip(1) {
-                    if j > 1 {
-                        b = tf * (s1 - s0) + (1.0 - tf) * b;
-                    }
-                    let y = (1.0 - sf) * (s1 + b);
-                    (s0, s1) = (s1, sf * x.1 + y);
-                }
-                Some(s1)
-            }))
-        }
         "absent_over_time" => {
             let m = matrix(0)?;
-            let present = over_range(m, &times, false, |_, _, _, _| Some(1.0));
+            let present = to_steps(
+                over_range_series(m, &times, false, |_, _, _, _| Some(1.0)),
+                &times,
+            );
             let labels = absent_labels(arg_expr(0).unwrap_or(&Expr::from(0.0)));
             absent_result(present, &times, labels)
         }
         "absent" => {
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             let labels = absent_labels(arg_expr(0).unwrap_or(&Expr::from(0.0)));
             absent_result(v, &times, labels)
         }
@@ -733,7 +846,7 @@ pub(crate) fn eval_call(
             )
         }
         "scalar" => {
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             Value::Scalar(
                 v.into_iter()
                     .map(|ss| if ss.len() == 1 { ss[0].f } else { f64::NAN })
@@ -742,7 +855,7 @@ pub(crate) fn eval_call(
         }
         "timestamp" => {
             let from_selector = matches!(arg_expr(0).map(unparen), Some(Expr::VectorSelector(_)));
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             Value::Vector(
                 v.into_iter()
                     .zip(&times)
@@ -764,14 +877,14 @@ pub(crate) fn eval_call(
             } else {
                 vec![1.0; n]
             };
-            map_vec(vector(0)?, &|v, i| {
+            map_vec(take_vector(&mut args, 0, name)?, &|v, i| {
                 let inv = 1.0 / to[i];
                 (v * inv + 0.5).floor() / inv
             })
         }
         "clamp" => {
             let (lo, hi) = (scalars(1)?, scalars(2)?);
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             Value::Vector(
                 v.into_iter()
                     .enumerate()
@@ -792,11 +905,11 @@ pub(crate) fn eval_call(
         }
         "clamp_min" => {
             let lo = scalars(1)?;
-            map_vec(vector(0)?, &|v, i| v.max(lo[i]))
+            map_vec(take_vector(&mut args, 0, name)?, &|v, i| v.max(lo[i]))
         }
         "clamp_max" => {
             let hi = scalars(1)?;
-            map_vec(vector(0)?, &|v, i| v.min(hi[i]))
+            map_vec(take_vector(&mut args, 0, name)?, &|v, i| v.min(hi[i]))
         }
         "year" | "month" | "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month"
         | "hour" | "minute" => {
@@ -815,13 +928,13 @@ pub(crate) fn eval_call(
                         .collect(),
                 )
             } else {
-                map_vec(vector(0)?, &|v, _| {
+                map_vec(take_vector(&mut args, 0, name)?, &|v, _| {
                     if v.is_finite() { date_fn(name, v) } else { v }
                 })
             }
         }
         "label_replace" => {
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             let dst = string_arg(&args, 1, name)?;
             let repl = string_arg(&args, 2, name)?;
             let src = string_arg(&args, 3, name)?;
@@ -859,7 +972,7 @@ pub(crate) fn eval_call(
             Value::Vector(out)
         }
         "label_join" => {
-            let v = vector(0)?;
+            let v = take_vector(&mut args, 0, name)?;
             let dst = string_arg(&args, 1, name)?;
             let sep = string_arg(&args, 2, name)?;
             let mut srcs = Vec::new();
@@ -899,7 +1012,7 @@ pub(crate) fn eval_call(
         }
         "sort" | "sort_desc" => {
             let desc = name == "sort_desc";
-            let mut v = vector(0)?;
+            let mut v = take_vector(&mut args, 0, name)?;
             for ss in &mut v {
                 ss.sort_by(|a, b| match (a.f.is_nan(), b.f.is_nan()) {
                     (true, true) => std::cmp::Ordering::Equal,
@@ -919,7 +1032,7 @@ pub(crate) fn eval_call(
             for i in 1..args.len() {
                 keys.push(string_arg(&args, i, name)?);
             }
-            let mut v = vector(0)?;
+            let mut v = take_vector(&mut args, 0, name)?;
             for ss in &mut v {
                 ss.sort_by(|a, b| {
                     let mut o = std::cmp::Ordering::Equal;
@@ -972,32 +1085,57 @@ pub(crate) fn eval_call(
                     0
                 }
             };
-            let v = vector(vi)?;
+            let v = take_vector(&mut args, vi, name)?;
+            // The histogram and bucket of each distinct input series, worked out once
+            // for all steps: most steps hold the same series as the one before. The name
+            // stays in a histogram's labels until the end, so buckets of different
+            // histograms never mix (they clash there if only names told them apart).
+            let mut member: HashMap<Labels, Option<(usize, f64)>> = HashMap::new();
+            let mut histograms: HashMap<Labels, usize> = HashMap::new();
+            let mut labels_of: Vec<Labels> = Vec::new();
+            let mut buckets: Vec<Vec<(f64, f64)>> = Vec::new();
+            // Histograms with buckets at this step, in order of their first bucket.
+            let mut order: Vec<usize> = Vec::new();
             let mut out = Vec::with_capacity(n);
             for (i, ss) in v.into_iter().enumerate() {
-                let mut idx: HashMap<Labels, usize> = HashMap::new();
-                let mut groups: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
                 for s in ss {
-                    let Some(le) = s.labels.get("le") else {
+                    let m = match member.get(&s.labels) {
+                        Some(m) => *m,
+                        None => {
+                            let m = match s.labels.get("le").map(parse_le) {
+                                Some(Ok(ub)) => {
+                                    let mut key = s.labels.clone();
+                                    key.remove("le");
+                                    let h = match histograms.get(&key) {
+                                        Some(&h) => h,
+                                        None => {
+                                            labels_of.push(key.clone());
+                                            buckets.push(Vec::new());
+                                            histograms.insert(key, labels_of.len() - 1);
+                                            labels_of.len() - 1
+                                        }
+                                    };
+                                    Some((h, ub))
+                                }
+                                _ => None,
+                            };
+                            member.insert(s.labels, m);
+                            m
+                        }
+                    };
+                    let Some((h, ub)) = m else {
                         continue;
                     };
-                    let Ok(ub) = parse_le(le) else {
-                        continue;
-                    };
-                    // The name stays in the key until the end, so buckets of different
-                    // histograms never mix (they clash there if only names told them apart).
-                    let mut key = s.labels.clone();
-                    key.remove("le");
-                    let j = *idx.entry(key.clone()).or_insert_with(|| {
-                        groups.push((key, Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[j].1.push((ub, s.f));
+                    if buckets[h].is_empty() {
+                        order.push(h);
+                    }
+                    buckets[h].push((ub, s.f));
                 }
-                let mut step = Vec::new();
-                for (labels, b) in groups {
+                let mut step = Vec::with_capacity(order.len() * calcs.len());
+                for &h in &order {
+                    let b = std::mem::take(&mut buckets[h]);
                     for (extra, calc) in &calcs {
-                        let mut l = labels.clone();
+                        let mut l = labels_of[h].clone();
                         if let Some((k, v)) = extra {
                             l.set(k.clone(), v.clone());
                         }
@@ -1009,6 +1147,7 @@ pub(crate) fn eval_call(
                         });
                     }
                 }
+                order.clear();
                 out.push(step);
             }
             Value::Vector(out)
