@@ -201,7 +201,6 @@ impl Sim {
             None,
             T_END,
         )
-        .with_store_lag_ms(CHECKPOINT_MS)
     }
 
     fn samples(&self, g: Gen) -> &[(i64, f64)] {

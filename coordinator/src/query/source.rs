@@ -14,21 +14,22 @@
 //! holds, and the answer names it in its `infos`. Any other selector reaching before raw
 //! retention gets a warning saying so, so a partial answer is never silent.
 //!
-//! How far a tier is complete is estimated from the replicated time: the aggregator seals
-//! windows against the leader's time less the out-of-order window, checked once a
-//! minute, and hands them out a block at a time (see `tsdb::aggregate`); the replica
-//! writes them to the store at its next checkpoint ([`LiveSource::with_store_lag_ms`]).
-//! Where a series has newer samples than its stored windows reach, the engine leaves
-//! the unstored part out with a warning rather than answer from half a range.
+//! A tier's windows are read from the store and from the state machine, which holds the
+//! sealed windows the replica has not written yet (it writes them at checkpoints), so a
+//! window is readable as soon as it is sealed. How far a tier is complete follows from
+//! the replicated time: a quiet series' windows are sealed against the leader's time
+//! less the out-of-order window, checked every [`WATERMARK_EVERY_MS`], and a live
+//! series' by its own newest sample (see `tsdb::aggregate`). Where a series has newer
+//! samples than its sealed windows reach, the engine leaves the unsealed part out with a
+//! warning rather than answer from half a range.
 //!
 //! **Consistency.** The head only accepts a sample newer than what it has sealed, so
 //! every stored chunk is older than every head sample of the same series; the store is
 //! read only below the first head sample in range, and the two are merged by timestamp
 //! with one sample per timestamp (the head's, should both ever hold one). The head is
 //! read before the store: a chunk the replica takes from the head after our head read
-//! is in our copy already. What this cannot see is a chunk taken from the head before
-//! our read and not yet committed to the store by the replica (a window of one store
-//! batch); closing it needs the replica to write before it forgets, see `state/replica`.
+//! is in our copy already, and the replica takes a chunk (or aggregate block) from the
+//! state only after the store holds it, so none is missed in between.
 //!
 //! **Applied index.** The answer records the applied index of the first read of the
 //! state: every entry up to it is reflected in every selector of the query. A query with
@@ -44,18 +45,15 @@ use argus_common::model::Labels;
 
 use super::tiered::TierView;
 use super::value::{Annotation, METRIC_NAME, QueryError, Queryable, SeriesData, WindowSeries};
-use crate::state::replica::{ReplicaConfig, SharedState};
-use crate::tsdb::aggregate::DEFAULT_BLOCK_WINDOWS;
+use crate::state::machine::WATERMARK_EVERY_MS;
+use crate::state::replica::SharedState;
+use crate::tsdb::aggregate::Aggregate;
 use crate::tsdb::store::{Store, StoreError};
-use crate::tsdb::tier::{Tier, align_down};
+use crate::tsdb::tier::align_down;
 use crate::tsdb::{Matcher, SeriesId};
 
 /// How often (in series) a long selection checks the query deadline.
 const DEADLINE_CHECK_EVERY: usize = 256;
-
-/// How often, in leader time, the state machine seals the aggregate windows of every
-/// series against its time (its `WATERMARK_EVERY_MS`, which it keeps private).
-const WATERMARK_EVERY_MS: i64 = 60_000;
 
 /// Limits of query serving. Defaults follow Prometheus's flags where it has one
 /// (named in each field's doc); each refusal names the limit it hit.
@@ -136,8 +134,6 @@ pub struct LiveSource {
     deadline: Option<Instant>,
     /// Wall-clock "now" of the query, for the raw tier's retention horizon.
     now_ms: i64,
-    /// How long sealed windows may wait before the replica writes them to the store.
-    store_lag_ms: i64,
     read: RefCell<ReadStats>,
 }
 
@@ -156,17 +152,8 @@ impl LiveSource {
             max_series: limits.max_series,
             deadline,
             now_ms,
-            store_lag_ms: ReplicaConfig::default().checkpoint_interval_ms,
             read: RefCell::new(ReadStats::default()),
         }
-    }
-
-    /// Sets how long sealed aggregate windows may wait before the replica writes them to
-    /// the store (its checkpoint interval; the default's unless set), which bounds how
-    /// recent a window the tiers can be relied on to hold.
-    pub fn with_store_lag_ms(mut self, ms: i64) -> LiveSource {
-        self.store_lag_ms = ms.max(0);
-        self
     }
 
     /// What was read so far.
@@ -257,32 +244,18 @@ impl LiveSource {
     }
 }
 
-/// Span of the aggregator's blocks for an aggregate tier: windows reach the store a
-/// block at a time. Mirrors `Aggregator::new` (which keeps it private): the most windows,
-/// up to [`DEFAULT_BLOCK_WINDOWS`], that divide the tier's partition.
-fn block_ms(tier: &Tier) -> Option<i64> {
-    let step = tier.step_ms()?;
-    let per_partition = tier.partition_ms() / step;
-    let k = (1..=DEFAULT_BLOCK_WINDOWS as i64)
-        .rev()
-        .find(|k| per_partition % k == 0)
-        .unwrap_or(1);
-    Some(step * k)
-}
-
-/// What each tier holds at wall-clock `now_ms`, given the replicated time, the head's
-/// out-of-order window and the replica's store lag (see the module doc). Pure, for tests.
+/// What each tier holds at wall-clock `now_ms`, given the replicated time and the
+/// head's out-of-order window (see the module doc). Pure, for tests.
 pub(crate) fn tier_views(
     tiers: &crate::tsdb::tier::Tiers,
     now_ms: i64,
     leader_ms: i64,
     ooo_ms: i64,
-    store_lag_ms: i64,
 ) -> Vec<TierView> {
+    // Windows ending at or before this are sealed (and readable) for every series.
     let frontier = leader_ms
         .saturating_sub(WATERMARK_EVERY_MS)
         .saturating_sub(ooo_ms)
-        .saturating_sub(store_lag_ms)
         .saturating_sub(1);
     tiers
         .iter()
@@ -291,7 +264,9 @@ pub(crate) fn tier_views(
             name: t.name().to_owned(),
             step_ms: t.step_ms(),
             oldest_ms: t.oldest_ms(now_ms),
-            complete_until_ms: block_ms(t).map_or(i64::MAX, |b| align_down(frontier, b)),
+            complete_until_ms: t
+                .step_ms()
+                .map_or(i64::MAX, |step| align_down(frontier, step)),
         })
         .collect()
 }
@@ -415,13 +390,7 @@ impl Queryable for LiveSource {
                 .map_err(|_| QueryError::Store("state lock poisoned".into()))?;
             (sm.last_time_ms(), sm.head().config().ooo_window_ms)
         };
-        let views = tier_views(
-            self.store.tiers(),
-            self.now_ms,
-            leader_ms,
-            ooo_ms,
-            self.store_lag_ms,
-        );
+        let views = tier_views(self.store.tiers(), self.now_ms, leader_ms, ooo_ms);
         Ok((views.len() > 1).then_some(views))
     }
 
@@ -437,15 +406,28 @@ impl Queryable for LiveSource {
             return Ok(Vec::new());
         }
         let picked = self.resolve(matchers)?;
+        // The state's windows first, then the store's: a block the replica takes after
+        // this read is in the copy, one taken before it is in the store already.
+        let held: Vec<Vec<Aggregate>> = {
+            let sm = self
+                .state
+                .read()
+                .map_err(|_| QueryError::Store("state lock poisoned".into()))?;
+            picked
+                .iter()
+                .map(|p| sm.sealed_windows(p.0, tier, mint, maxt))
+                .collect()
+        };
         let mut out = Vec::with_capacity(picked.len());
-        for (i, (id, labels, newest_ms)) in picked.into_iter().enumerate() {
+        for (i, ((id, labels, newest_ms), held)) in picked.into_iter().zip(held).enumerate() {
             if i % DEADLINE_CHECK_EVERY == DEADLINE_CHECK_EVERY - 1 {
                 self.check_deadline()?;
             }
-            let windows = self
+            let stored = self
                 .store
                 .read_aggregates(tier, id, mint, maxt)
                 .map_err(store_error)?;
+            let windows = merge_windows(stored, held);
             self.charge(windows.len())?;
             {
                 let mut r = self.read.borrow_mut();
@@ -469,6 +451,20 @@ impl Queryable for LiveSource {
             Annotation::Warning(w) => r.warn(w),
         }
     }
+}
+
+/// Merges the store's windows with those the state still holds (both ascending), one
+/// per start; the state's win a tie (both would be the same window).
+fn merge_windows(stored: Vec<Aggregate>, held: Vec<Aggregate>) -> Vec<Aggregate> {
+    if held.is_empty() {
+        return stored;
+    }
+    let mut all = held;
+    all.extend(stored);
+    // Stable: of two windows with one start, the state's (first) is kept.
+    all.sort_by_key(|w| w.start_ms);
+    all.dedup_by_key(|w| w.start_ms);
+    all
 }
 
 /// Merges two timestamp-sorted runs into one with one sample per timestamp, `newer`'s
@@ -768,12 +764,13 @@ mod tests {
     }
 
     #[test]
-    fn tiers_are_complete_up_to_the_last_block_the_replica_has_written() {
+    fn tiers_are_complete_up_to_the_windows_sealed_by_the_replicated_time() {
         let day = 86_400_000;
         let now = T0 + 10 * day;
-        // Leader time 07:30, 10 min out-of-order window, 1 min watermark, 1 min store lag.
+        // Leader time 07:30, 10 min out-of-order window, 1 min watermark: sealed for every
+        // series up to 07:19 (less a millisecond).
         let leader = T0 + 7 * 3_600_000 + 30 * 60_000;
-        let v = tier_views(&Tiers::argus_defaults(), now, leader, 600_000, 60_000);
+        let v = tier_views(&Tiers::argus_defaults(), now, leader, 600_000);
         let summary: Vec<_> = v
             .iter()
             .map(|t| (t.name.as_str(), t.oldest_ms, t.complete_until_ms))
@@ -782,22 +779,13 @@ mod tests {
             summary,
             [
                 ("raw", now - day, i64::MAX),
-                // 5-minute windows go out in 2-hour blocks: 07:18 rounds down to 06:00.
-                ("5m", now - 30 * day, T0 + 6 * 3_600_000),
-                // Hourly windows in day blocks: up to the start of the day.
-                ("1h", now - 365 * day, T0),
+                ("5m", now - 30 * day, T0 + 7 * 3_600_000 + 15 * 60_000),
+                ("1h", now - 365 * day, T0 + 7 * 3_600_000),
             ]
         );
-        // The product tiers' daily windows go out in 3-day blocks (their partition).
-        let v = tier_views(
-            &Tiers::product_docs().unwrap(),
-            now,
-            leader,
-            600_000,
-            60_000,
-        );
-        assert_eq!(v[3].complete_until_ms % (3 * day), 0);
-        assert!(leader - v[3].complete_until_ms < 3 * day + 12 * 60_000);
+        // The product tiers' daily windows: up to the start of the day.
+        let v = tier_views(&Tiers::product_docs().unwrap(), now, leader, 600_000);
+        assert_eq!(v[3].complete_until_ms, T0);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use super::dedup::{SeqWindow, Verdict};
 use super::entry::{Entry, PushedItem, PushedKey, PushedMetadata, PushedSeries};
-use crate::tsdb::aggregate::{Aggregator, AggregatorConfig, SealedBlock, is_counter};
+use crate::tsdb::aggregate::{
+    Aggregate, Aggregator, AggregatorConfig, SampleSource, SealedBlock, is_counter,
+};
 use crate::tsdb::chunk;
 use crate::tsdb::tier::Tiers;
 use crate::tsdb::{
@@ -126,8 +128,9 @@ pub enum StateError {
 }
 
 /// How often, in leader time, quiet series have their aggregate windows sealed. Sealing
-/// walks every series, so it is not done per entry.
-const WATERMARK_EVERY_MS: i64 = 60_000;
+/// walks every series, so it is not done per entry. A quiet series' windows are
+/// therefore sealed within this plus the out-of-order window of leader time.
+pub const WATERMARK_EVERY_MS: i64 = 60_000;
 
 pub struct StateMachine {
     applied: u64,
@@ -189,6 +192,23 @@ impl StateMachine {
     /// Aggregate windows sealed for the downsampled tiers, for the replica to persist.
     pub fn take_blocks(&mut self) -> Vec<SealedBlock> {
         self.aggregator.take_blocks()
+    }
+
+    /// Copies of the blocks [`StateMachine::take_blocks`] would hand over.
+    pub fn blocks(&self) -> Vec<SealedBlock> {
+        self.aggregator.blocks()
+    }
+
+    /// Sealed aggregate windows of a series that are not in the store yet (see
+    /// [`Aggregator::sealed_windows`]).
+    pub fn sealed_windows(
+        &self,
+        series: SeriesId,
+        tier: u8,
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<Aggregate> {
+        self.aggregator.sealed_windows(series, tier, mint, maxt)
     }
 
     /// What `HelloOk` tells an agent incarnation: highest settled seq and highest ref.
@@ -409,7 +429,8 @@ impl StateMachine {
                 match inc.refs.get(&r) {
                     None => out.refuse(RefuseReason::UnknownSeries, 1),
                     Some(&(id, counter)) => {
-                        append(head, aggregator, counter, id, g.timestamp_ms, v, &mut out)
+                        let sample = (g.timestamp_ms, v);
+                        append(head, aggregator, (id, counter), sample, time_ms, &mut out)
                     }
                 }
             }
@@ -424,11 +445,10 @@ impl StateMachine {
         time_ms: i64,
     ) -> Outcome {
         let mut out = self.push_metadata(metadata);
-        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
         for s in series {
             let n = s.samples.len() as u64;
             if let Some(id) = self.pushed_series(&s.name, &s.labels, n, &mut out) {
-                self.append_pushed(id, &s.samples, horizon, &mut out);
+                self.append_pushed(id, &s.samples, time_ms, &mut out);
             }
         }
         out
@@ -441,7 +461,6 @@ impl StateMachine {
         time_ms: i64,
     ) -> Outcome {
         let mut out = self.push_metadata(metadata);
-        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
         for item in items {
             let Ok(samples) = chunk::decode(&item.samples) else {
                 // The proposer encoded it; only a corrupt entry gets here, and every
@@ -459,7 +478,7 @@ impl StateMachine {
                 PushedKey::New { name, labels } => self.pushed_series(name, labels, n, &mut out),
             };
             if let Some(id) = id {
-                self.append_pushed(id, &samples, horizon, &mut out);
+                self.append_pushed(id, &samples, time_ms, &mut out);
             }
         }
         out
@@ -509,15 +528,17 @@ impl StateMachine {
         &mut self,
         id: SeriesId,
         samples: &[(i64, f64)],
-        horizon: i64,
+        time_ms: i64,
         out: &mut Outcome,
     ) {
+        let horizon = time_ms.saturating_add(self.limits.max_future_ms);
         let counter = counter_series(&self.index, id);
         for &(t, v) in samples {
             if t > horizon {
                 out.refuse(RefuseReason::TooFarAhead, 1);
             } else {
-                append(&mut self.head, &mut self.aggregator, counter, id, t, v, out);
+                let (head, aggregator) = (&mut self.head, &mut self.aggregator);
+                append(head, aggregator, (id, counter), (t, v), time_ms, out);
             }
         }
     }
@@ -545,24 +566,41 @@ impl StateMachine {
             index: self.index.snapshot().to_bytes()?,
             head: self.head.checkpoint()?.to_bytes()?,
             agents: agent_bytes,
-            aggregates: self.aggregator.encode_state(),
+            aggregates: self.aggregator.encode_state_without_samples(),
         })
     }
 
-    /// Rebuilds the state from a checkpoint.
+    /// Rebuilds the state from a checkpoint. `stored(series, from, to)` reads the
+    /// store's raw samples of a series in `[from, to]`: the aggregator's open samples
+    /// are not in the checkpoint (they are the head's and the store's), and are read
+    /// back from both.
+    ///
+    /// The store holds every chunk sealed up to the checkpoint, and possibly chunks of a
+    /// later checkpoint that a crash interrupted before its file was written. Those can
+    /// only add samples the replay is about to apply again; the aggregator then keeps the
+    /// one it has (values at a timestamp are the head's, so equal) and counts a
+    /// duplicate.
     pub fn restore(
         cp: &Checkpoint,
         head: HeadConfig,
         limits: Limits,
         tiers: &Tiers,
+        stored: &mut SampleSource<'_>,
     ) -> Result<Self, StateError> {
         let index = SeriesIndex::restore(IndexSnapshot::from_bytes(&cp.index)?)?;
-        let aggregator = Aggregator::decode_state(
+        let ooo_window_ms = head.ooo_window_ms;
+        let head = Head::restore(head, HeadSnapshot::from_bytes(&cp.head)?)?;
+        let aggregator = Aggregator::decode_state_with(
             &cp.aggregates,
             tiers,
-            AggregatorConfig::new(head.ooo_window_ms),
+            AggregatorConfig::new(ooo_window_ms),
+            &mut |id, from, to| {
+                let mut samples = stored(id, from, to)?;
+                let in_head = head.select(id, from, to).map_err(|e| e.to_string())?;
+                samples.extend(in_head);
+                Ok(samples)
+            },
         )?;
-        let head = Head::restore(head, HeadSnapshot::from_bytes(&cp.head)?)?;
         let (&version, body) = cp
             .agents
             .split_first()
@@ -607,19 +645,21 @@ fn counter_series(index: &SeriesIndex, id: SeriesId) -> bool {
 /// Appends one sample to the head, and what it accepted to the aggregator. Pushes carry
 /// no seq, so the head's own duplicate check on (series, timestamp) is what makes a
 /// retried push idempotent.
+///
+/// `time_ms` is the entry's leader time: the aggregator seals a series against the
+/// replicated clock only once it has not been pushed for the out-of-order window.
 fn append(
     head: &mut Head,
     aggregator: &mut Aggregator,
-    counter: bool,
-    id: SeriesId,
-    t: i64,
-    v: f64,
+    (id, counter): (SeriesId, bool),
+    (t, v): (i64, f64),
+    time_ms: i64,
     out: &mut Outcome,
 ) {
     match head.append(id, t, v) {
         Ok(()) => {
             out.accepted += 1;
-            aggregator.push(id, counter, &[(t, v)]);
+            aggregator.push_at(id, counter, &[(t, v)], time_ms);
         }
         Err(Refusal::TooOld) => out.refuse(RefuseReason::OutOfOrder, 1),
         Err(Refusal::Duplicate | Refusal::DuplicateTimestamp) => {
@@ -884,21 +924,40 @@ mod tests {
             .collect();
         let mut a = sm();
         let mut b = sm();
-        for (i, e) in entries.iter().enumerate().take(150) {
+        for (i, e) in entries.iter().enumerate().take(250) {
             let t = T0 + i as i64 * 15_000;
             a.apply(i as u64 + 1, t, e);
             b.apply(i as u64 + 1, t, e);
         }
+        // As the replica does: sealed chunks go to the store before the checkpoint,
+        // and the restore reads the aggregator's open samples back from it.
+        let stored = b.take_sealed();
+        assert_eq!(a.take_sealed(), stored);
+        assert!(!stored.is_empty());
         let cp = b.checkpoint().unwrap();
         let mut b = StateMachine::restore(
             &cp,
             HeadConfig::default(),
             Limits::default(),
             &Tiers::argus_defaults(),
+            &mut |id, from, to| {
+                let mut out = Vec::new();
+                for c in stored.iter().filter(|c| c.series == id) {
+                    let samples =
+                        crate::tsdb::chunk::decode(&c.bytes).map_err(|e| e.to_string())?;
+                    out.extend(samples.into_iter().filter(|s| (from..=to).contains(&s.0)));
+                }
+                Ok(out)
+            },
         )
         .unwrap();
-        assert_eq!(b.applied(), 150);
-        for (i, e) in entries.iter().enumerate().skip(150) {
+        assert_eq!(
+            a.aggregator.encode_state(),
+            b.aggregator.encode_state(),
+            "open samples read back from the store and the head"
+        );
+        assert_eq!(b.applied(), 250);
+        for (i, e) in entries.iter().enumerate().skip(250) {
             let t = T0 + i as i64 * 15_000;
             assert_eq!(a.apply(i as u64 + 1, t, e), b.apply(i as u64 + 1, t, e));
         }
@@ -906,6 +965,7 @@ mod tests {
         assert_eq!(sa, sb);
         assert_eq!(samples(&a, "eth0"), samples(&b, "eth0"));
         assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
+        assert_eq!(a.aggregator.encode_state(), b.aggregator.encode_state());
         assert_eq!(a.counters(), b.counters());
     }
 
@@ -940,5 +1000,59 @@ mod tests {
             assert_eq!(w.count, 20);
             assert_eq!(w.increase, Some(50.0));
         }
+    }
+
+    /// A remote-write queue draining after an outage pushes samples far older than the
+    /// leader's time, in order, over many entries. The head takes them (each is newer
+    /// than the series' newest); so must the aggregates: the replicated clock seals only
+    /// series that have stopped being pushed.
+    #[test]
+    fn samples_caught_up_after_an_outage_reach_the_aggregates() {
+        let mut s = sm();
+        let (step, n) = (15_000, 480i64);
+        let start = T0 - T0 % 300_000 - 3 * 3_600_000;
+        let (mut index, mut accepted) = (0u64, 0u64);
+        for batch in 0..(n / 10) {
+            let samples = (0..10)
+                .map(|k| {
+                    let i = batch * 10 + k;
+                    (start + i * step, i as f64)
+                })
+                .collect();
+            index += 1;
+            let push = Entry::RemoteWrite {
+                series: vec![PushedSeries {
+                    name: "requests_total".into(),
+                    labels: Labels::from_pairs([("job", "api")]),
+                    samples,
+                }],
+                metadata: vec![],
+            };
+            // One entry every 30 s of leader time, hours after the samples.
+            accepted += s.apply(index, T0 + batch * 30_000, &push).accepted;
+        }
+        assert_eq!(accepted, n as u64);
+        // Quiet for long enough: the replicated clock seals the rest.
+        index += 1;
+        s.apply(
+            index,
+            T0 + 3_600_000,
+            &Entry::RetentionCut {
+                tier: 9,
+                before_ms: 0,
+            },
+        );
+        let counted: u64 = s
+            .take_blocks()
+            .iter()
+            .filter(|b| b.tier == 1)
+            .flat_map(|b| b.windows.iter())
+            .map(|w| w.count)
+            .sum();
+        assert_eq!(
+            counted, n as u64,
+            "every caught-up sample is in a 5-minute window"
+        );
+        assert_eq!(s.aggregator.stats().late, 0);
     }
 }

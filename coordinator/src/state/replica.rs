@@ -1,16 +1,15 @@
 //! The state machine as the Raft node drives it: entries decoded and applied, sealed
 //! chunks written to the store, checkpoints taken (DESIGN §2).
 //!
-//! Durability lives in the log. The store is written without fsync; every
-//! `checkpoint_interval_ms` of leader time, `checkpoint_entries` entries or
-//! `checkpoint_samples` samples, whichever comes first, the replica writes
-//! the sealed chunks, syncs the store, and then writes the head, index and dedup state
-//! together with the applied index they cover to the checkpoint file
-//! ([`super::checkpoint_file`]). Aggregate windows for the downsampled tiers are
-//! written the same way as sealed raw chunks. Only then may the log be compacted up to that
-//! index. A restart loads the last checkpoint and the node replays the log after it;
-//! chunks sealed again during the replay overwrite the same keys with the same bytes,
-//! because apply is deterministic.
+//! Durability lives in the log. Every `checkpoint_interval_ms` of leader time,
+//! `checkpoint_entries` entries or `checkpoint_samples` samples, whichever comes first,
+//! the replica writes the chunks and aggregate blocks sealed since the last checkpoint
+//! to the store, syncs it, and then writes the head, index and dedup state together with
+//! the applied index they cover to the checkpoint file ([`super::checkpoint_file`]).
+//! Only then may the log be compacted up to that index. Between checkpoints the store is
+//! not written at all. A restart loads the last checkpoint and the node replays the log
+//! after it; chunks sealed again during the replay overwrite the same keys with the same
+//! bytes, because apply is deterministic.
 
 use super::checkpoint_file::{CheckpointFile, CheckpointFileError};
 use super::entry::Entry;
@@ -46,7 +45,7 @@ impl Default for ReplicaConfig {
             head: HeadConfig::default(),
             limits: Limits::default(),
             checkpoint_entries: 10_000,
-            checkpoint_samples: 2_000_000,
+            checkpoint_samples: 500_000,
             checkpoint_interval_ms: 60_000,
             seal_idle_ms: 2 * 3_600_000,
         }
@@ -98,7 +97,13 @@ impl Replica {
         let sm = match checkpoint.read()?.or(legacy) {
             Some(bytes) => {
                 let cp = decode_checkpoint(&bytes)?;
-                StateMachine::restore(&cp, config.head, config.limits, store.tiers())?
+                StateMachine::restore(
+                    &cp,
+                    config.head,
+                    config.limits,
+                    store.tiers(),
+                    &mut |id, from, to| store.read_raw(id, from, to).map_err(|e| e.to_string()),
+                )?
             }
             None => StateMachine::new(config.head, config.limits, store.tiers())?,
         };
@@ -136,26 +141,31 @@ impl Replica {
         self.state.read().map_err(|_| ReplicaError::Poisoned)
     }
 
-    /// Writes the sealed chunks, and a checkpoint after them when one is due.
+    /// Takes a checkpoint when one is due: the sealed chunks and aggregate blocks go to
+    /// the store, the store is synced, and then the checkpoint file is written.
     ///
-    /// Sealed chunks leave the head only once the store holds them, so a query never
-    /// misses them in between (reads merge both and drop duplicates). Only the apply
-    /// thread, which runs this, adds sealed chunks, so none appear between the copy and
-    /// the take.
+    /// Between checkpoints nothing is written: sealed chunks wait in the head and blocks
+    /// in the aggregator (queries read both there), covered by the log. Writing them
+    /// only here lets the store ingest them as tables of their own, never through its
+    /// journal (see `tsdb::store`). Chunks and blocks leave the state only once the store
+    /// holds them, so a query never misses them in between; only the apply thread, which
+    /// runs this, adds them, so none appear between the copy and the take.
     fn persist(&mut self, force_checkpoint: bool) -> Result<(), ReplicaError> {
         let counted_due = force_checkpoint
             || self.since_checkpoint_entries >= self.config.checkpoint_entries
             || self.since_checkpoint_samples >= self.config.checkpoint_samples;
-        let (sealed, blocks, due) = {
+        let (sealed, blocks) = {
             let mut sm = self.write()?;
             let due = counted_due
                 || sm.last_time_ms()
                     >= self
                         .checkpointed_at_ms
                         .saturating_add(self.config.checkpoint_interval_ms);
+            if !due || sm.applied() <= self.checkpointed {
+                return Ok(());
+            }
             sm.seal_idle(self.config.seal_idle_ms);
-            let due = due && sm.applied() > self.checkpointed;
-            (sm.sealed(), sm.take_blocks(), due)
+            (sm.sealed(), sm.blocks())
         };
         if !sealed.is_empty() || !blocks.is_empty() {
             let mut batch = self.store.batch();
@@ -172,33 +182,24 @@ impl Replica {
             }
             batch.commit()?;
         }
-        if sealed.is_empty() && !due {
-            return Ok(());
-        }
-        let checkpoint = {
+        let (cp, at_ms) = {
             let mut sm = self.write()?;
-            let taken = sm.take_sealed();
-            debug_assert_eq!(taken.len(), sealed.len());
-            if due {
-                Some((sm.checkpoint()?, sm.last_time_ms()))
-            } else {
-                None
-            }
+            let taken = (sm.take_sealed(), sm.take_blocks());
+            debug_assert_eq!((taken.0.len(), taken.1.len()), (sealed.len(), blocks.len()));
+            (sm.checkpoint()?, sm.last_time_ms())
         };
-        if let Some((cp, at_ms)) = checkpoint {
-            // The chunks the checkpoint relies on are durable before it is.
-            self.store.sync()?;
-            self.checkpoint.write(&encode_checkpoint(&cp))?;
-            if self.legacy_checkpoint {
-                self.store.delete_meta(LEGACY_CHECKPOINT_KEY)?;
-                self.legacy_checkpoint = false;
-            }
-            self.checkpointed = cp.applied;
-            self.checkpointed_at_ms = at_ms;
-            self.since_checkpoint_entries = 0;
-            self.since_checkpoint_samples = 0;
-            tracing::debug!(applied = cp.applied, "checkpoint synced");
+        // The chunks the checkpoint relies on are durable before it is.
+        self.store.sync()?;
+        self.checkpoint.write(&encode_checkpoint(&cp))?;
+        if self.legacy_checkpoint {
+            self.store.delete_meta(LEGACY_CHECKPOINT_KEY)?;
+            self.legacy_checkpoint = false;
         }
+        self.checkpointed = cp.applied;
+        self.checkpointed_at_ms = at_ms;
+        self.since_checkpoint_entries = 0;
+        self.since_checkpoint_samples = 0;
+        tracing::debug!(applied = cp.applied, "checkpoint synced");
         Ok(())
     }
 

@@ -1,12 +1,23 @@
 //! Sealed chunks and aggregate blocks on disk, in a fjall database of the tsdb's own.
 //!
 //! **Durability lives in the Raft log** (DESIGN §2). This database is separate from the
-//! log's and is written without fsync: a batch reaches the OS when it commits (so a
-//! killed process keeps it), and the disk only at [`Store::sync`], which the state machine
-//! calls for a checkpoint before the log is compacted past it. fjall recovers a prefix
-//! of the committed batches after a crash, and every batch is atomic across keyspaces, so
-//! a checkpoint record written in the same batch as its chunks ([`Batch::put_meta`])
-//! never refers to chunks that are missing.
+//! log's, and the replica writes it only when it checkpoints, so between checkpoints
+//! sealed chunks wait in the head, where queries read them. A [`Batch`] is written in
+//! two steps:
+//!
+//! 1. the chunks and blocks are *ingested*: sorted, and written by fjall straight into
+//!    new tables of each tier's keyspace (fsynced), never through fjall's journal. Before
+//!    this, every chunk was written twice, into the journal and later into a table, and
+//!    fjall 3 keeps a journal until it reaches 64 MB: at the compression benchmark's
+//!    volume the journal was as large as all the tables together;
+//! 2. the partition registry (and any metadata) is committed as an ordinary batch through
+//!    the journal, which [`Store::sync`] makes durable before the checkpoint file that
+//!    relies on it is written.
+//!
+//! A crash between the steps leaves tables whose partitions are not registered: reads do
+//! not see them, and replaying the log from the last checkpoint ingests the same keys
+//! with the same bytes again (apply is deterministic), which then get registered.
+//! Retention drops them with their partition either way.
 //!
 //! **Time partitions.** Each tier is split into partitions aligned on the epoch grid
 //! ([`super::tier::Tier::partition_start`]). All partitions of a tier share one keyspace
@@ -37,12 +48,10 @@
 //!    identical on every replica whatever the files look like;
 //! 2. every table whose keys all lie in dropped partitions is removed from the tree
 //!    without being rewritten (lsm-tree's `drop_range`). Keys lead with the partition and
-//!    data arrives in time order, so at volume (a memtable flush every few minutes, tables
-//!    of up to 64 MiB) a partition's data sits in tables of its own, apart from about one
-//!    table per level at each boundary. fjall unlinks the files at its next version
-//!    cleanup (any memtable rotation, which the drop also requests). The store does not
-//!    force a flush when a partition starts: measured, that stalls writes behind queued
-//!    flushes when partitions are short, and gains nothing at volume;
+//!    data arrives in time order, so at volume (each checkpoint ingests tables of its own,
+//!    compaction merges them into tables of up to 64 MiB) a partition's data sits in
+//!    tables of its own, apart from about one table per level at each boundary. fjall
+//!    unlinks the files at its next version cleanup, which the drop forces with a flush;
 //! 3. what remains of dropped partitions inside tables that also hold live data is
 //!    removed by a compaction filter whenever fjall compacts those tables.
 //!
@@ -94,6 +103,8 @@ const META_KEYSPACE: &str = "meta";
 const LAYOUT_KEYSPACE: &str = "layout";
 const LAYOUT_FORMAT_KEY: &[u8] = b"format";
 const KEY_LEN: usize = 24;
+/// Sorts before every data key; see [`Store::drop_tables`].
+const HOUSEKEEPING_KEY: [u8; 1] = [0];
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// fjall's block compression for the store's keyspaces.
@@ -398,17 +409,19 @@ impl Store {
         &self.tiers
     }
 
-    /// Starts an atomic batch of chunks, aggregate blocks and metadata.
+    /// Starts a batch of chunks, aggregate blocks and metadata (see the module doc for
+    /// how it is written).
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
             batch: self.db.batch(),
+            values: vec![Vec::new(); self.data.len()],
             stats: WriteStats::default(),
             touched: BTreeMap::new(),
         }
     }
 
-    /// Writes sealed raw chunks in one atomic batch.
+    /// Writes sealed raw chunks in one batch.
     pub fn write_chunks(&self, chunks: &[ChunkRef<'_>]) -> Result<WriteStats, StoreError> {
         let mut batch = self.batch();
         for c in chunks {
@@ -695,10 +708,13 @@ impl Store {
         dropped.map_err(fjall::Error::from)?;
         let removed = before.saturating_sub(ks.disk_space());
         if removed > 0 {
-            // fjall unlinks removed tables when it next cleans up versions, which a
-            // memtable rotation triggers; an empty memtable is not rotated (the next
-            // writes will do it).
-            ks.rotate_memtable()?;
+            // fjall unlinks removed tables at its next version cleanup, which a flush
+            // runs. Data only ever arrives by ingestion, so the keyspace's memtable is
+            // empty and would never be flushed: a one-byte key (no data key is that
+            // short, so reads and the compaction filter never see it) gives the flush
+            // something to write, and the next cut drops its tiny table whole.
+            ks.insert(HOUSEKEEPING_KEY, [])?;
+            ks.rotate_memtable_and_wait()?;
         }
         Ok(removed)
     }
@@ -767,11 +783,15 @@ impl Store {
     }
 }
 
-/// An atomic batch: nothing of it is visible or on disk until [`Batch::commit`], and then
-/// all of it is. Dropping it without committing writes nothing.
+/// A batch: nothing of it is visible or on disk until [`Batch::commit`]; a reader sees
+/// a partition's new values once they are registered, all together. Dropping it without
+/// committing writes nothing.
 pub struct Batch<'s> {
     store: &'s Store,
+    /// Registry and metadata records, through the journal.
     batch: OwnedWriteBatch,
+    /// Per tier: data values to ingest, in the order they were added.
+    values: Vec<Vec<([u8; KEY_LEN], Vec<u8>)>>,
     stats: WriteStats,
     /// (tier index, partition end) → (span, whether this batch registers it).
     touched: BTreeMap<(usize, i64), (i64, bool)>,
@@ -874,8 +894,7 @@ impl Batch<'_> {
         self.aggregates(block.tier, block.series_id, &block.windows)
     }
 
-    /// Sets a metadata key in the same atomic batch (a checkpoint and its chunks land
-    /// together).
+    /// Sets a metadata key in the batch's journal records, committed after its data.
     pub fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         check_meta_key(key)?;
         self.batch.insert(&self.store.meta, key, value);
@@ -889,20 +908,30 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Commits everything added, atomically, and registers the partitions it started.
-    pub fn commit(self) -> Result<WriteStats, StoreError> {
+    /// Ingests the data values, then commits the registry and metadata records and
+    /// registers the partitions the batch started.
+    pub fn commit(mut self) -> Result<WriteStats, StoreError> {
         let store = self.store;
-        // Held across the commit: a retention cut cannot slip between the check below and
-        // the registration, and readers never see a partition before its data.
-        let mut registry = store.write_registry()?;
-        for &(index, end) in self.touched.keys() {
-            if end <= store.cut(index) {
-                return Err(StoreError::CutDuringBatch {
-                    tier: store.tier_name(index),
-                    partition_end: end,
-                });
+        self.check_cuts()?;
+        for (index, mut values) in std::mem::take(&mut self.values).into_iter().enumerate() {
+            if values.is_empty() {
+                continue;
             }
+            // Ingestion takes keys strictly ascending; of two values with one key the
+            // later one wins, as a second insert would.
+            values.reverse();
+            values.sort_by_key(|v| v.0);
+            values.dedup_by(|later, earlier| later.0 == earlier.0);
+            let mut ingestion = store.data[index].start_ingestion()?;
+            for (key, value) in values {
+                ingestion.write(key.to_vec(), value)?;
+            }
+            ingestion.finish()?;
         }
+        // Held across the commit: a retention cut cannot slip between the check below and
+        // the registration.
+        let mut registry = store.write_registry()?;
+        self.check_cuts()?;
         self.batch.commit()?;
         for (&(index, end), &(span, new)) in &self.touched {
             if new {
@@ -911,6 +940,20 @@ impl Batch<'_> {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Refuses the batch if a retention cut dropped a partition it writes into (its data
+    /// must not bring the partition back).
+    fn check_cuts(&self) -> Result<(), StoreError> {
+        for &(index, end) in self.touched.keys() {
+            if end <= self.store.cut(index) {
+                return Err(StoreError::CutDuringBatch {
+                    tier: self.store.tier_name(index),
+                    partition_end: end,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn put(
@@ -941,8 +984,7 @@ impl Batch<'_> {
         }
         self.stats.values += 1;
         self.stats.bytes += (KEY_LEN + value.len()) as u64;
-        self.batch
-            .insert(&store.data[index], data_key(end, series_id, min_t), value);
+        self.values[index].push((data_key(end, series_id, min_t), value));
         Ok(())
     }
 }
