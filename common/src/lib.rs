@@ -3,7 +3,9 @@
 //! - [`model`]: samples, labels, series definitions and metric naming rules.
 //! - [`wire`]: the framed, versioned protocol spoken over QUIC.
 //! - [`config`]: the error type every config loader reports through.
+//! - [`pki`]: the cluster CA, certificates, identities, join strings and TLS verifiers.
 
 pub mod config;
 pub mod model;
+pub mod pki;
 pub mod wire;
