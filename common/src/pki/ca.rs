@@ -154,6 +154,12 @@ impl NodeKey {
         self.0.subject_public_key_info()
     }
 
+    /// SHA-256 of the SubjectPublicKeyInfo; equals
+    /// [`VerifiedCsr::public_key_sha256`] of this key's CSR.
+    pub fn public_key_sha256(&self) -> [u8; 32] {
+        sha256(&self.spki_der())
+    }
+
     /// A CSR for this key. It carries no names and no extensions: the issuer decides
     /// every name in the certificate, so there is nothing to ask for.
     pub fn csr_der(&self) -> Result<CertificateSigningRequestDer<'static>, PkiError> {
@@ -527,6 +533,45 @@ impl ClusterCa {
     }
 }
 
+/// What a stored or presented certificate says about itself: read by the agent to
+/// schedule renewal from its stored certificate, and by the coordinator to close a data
+/// connection when the peer's certificate expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub identity: ArgusIdentity,
+    /// The serial's big-endian bytes as written (16 for certificates issued here).
+    pub serial: Vec<u8>,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+}
+
+impl CertInfo {
+    /// Parses a DER certificate issued by a cluster CA (one `argus://` URI SAN). Says
+    /// nothing about whether it is trustworthy: verify the chain first.
+    pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        let identity = super::identity_from_cert_der(der)?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::CertParse {
+                reason: e.to_string(),
+            })?;
+        let v = cert.validity();
+        Ok(Self {
+            identity,
+            serial: cert.raw_serial().to_vec(),
+            not_before_ms: v.not_before.timestamp().saturating_mul(1000),
+            not_after_ms: v.not_after.timestamp().saturating_mul(1000),
+        })
+    }
+}
+
+/// The first certificate of a PEM text, as DER.
+pub fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem {
+        what: "certificate",
+        reason: e.to_string(),
+    })
+}
+
 /// One configured coordinator name as a SAN: an IP SAN when it parses as an address, a
 /// DNS SAN when it is a valid DNS name, an error otherwise.
 fn name_san(name: &str) -> Result<SanType, PkiError> {
@@ -620,6 +665,20 @@ mod tests {
         parsed
             .verify_signature(Some(parse(ca.cert_der()).public_key()))
             .unwrap();
+    }
+
+    #[test]
+    fn ca_key_file_is_private_and_loads_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate(NOW).unwrap();
+        let key_path = dir.path().join("ca.key");
+        ca.write_key(&key_path).unwrap();
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key_pem = std::fs::read_to_string(&key_path).unwrap();
+        let loaded = ClusterCa::from_pem(ca.cert_pem(), &key_pem).unwrap();
+        assert_eq!(loaded.pin(), ca.pin());
     }
 
     #[test]
@@ -756,6 +815,32 @@ mod tests {
             (NOW + 3_600_000).div_euclid(1000) * 1000
         );
         assert_ne!(short.serial, issued.serial, "serials are random");
+    }
+
+    #[test]
+    fn cert_info_reads_back_what_was_issued() {
+        let ca = ClusterCa::generate(NOW).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let csr = VerifiedCsr::from_der(&key.csr_der().unwrap()).unwrap();
+        assert_eq!(csr.public_key_sha256(), key.public_key_sha256());
+        let issued = ca
+            .issue_agent(&csr, "a9", NOW, AGENT_CERT_LIFETIME)
+            .unwrap();
+        let info = CertInfo::from_der(&cert_from_pem(&issued.pem).unwrap()).unwrap();
+        assert_eq!(
+            info,
+            CertInfo {
+                identity: issued.identity.clone(),
+                serial: issued.serial.0.to_vec(),
+                not_before_ms: issued.not_before_ms,
+                not_after_ms: issued.not_after_ms,
+            }
+        );
+        // The CA itself has no argus:// identity.
+        assert!(matches!(
+            CertInfo::from_der(ca.cert_der()),
+            Err(PkiError::NoIdentity)
+        ));
     }
 
     #[test]
