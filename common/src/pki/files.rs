@@ -12,7 +12,8 @@ use std::path::Path;
 /// not even between create and chmod), fsynced, renamed over `path`, and the directory is
 /// fsynced, so after a crash `path` holds either the old or the new key, never half of
 /// one. A stale temporary from an earlier crash is removed first. Used for the CA key
-/// (DESIGN §3.6), node keys and the agent's state.
+/// (DESIGN §3.6), node keys and the agent's state. The temporary's name is fixed
+/// (`.<name>.tmp` beside `path`), so one path must have one writer at a time.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
