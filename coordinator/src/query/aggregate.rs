@@ -10,6 +10,10 @@ use super::functions::{SeriesSteps, eval_call_series};
 use super::tiered;
 use super::value::{METRIC_NAME, QueryError, Sample, Value};
 
+/// Maps keyed by label sets, hashed with foldhash (randomly seeded): the engine hashes
+/// a label set per sample and step, where SipHash showed in profiles.
+pub(crate) type LabelMap<V> = HashMap<Labels, V, foldhash::fast::RandomState>;
+
 fn unparen(e: &Expr) -> &Expr {
     match e {
         Expr::Paren(p) => unparen(&p.expr),
@@ -212,7 +216,7 @@ pub(crate) fn eval_aggregate(
                 if !is_valid_label_name(label) {
                     return Err(QueryError::exec(format!("invalid label name {label:?}")));
                 }
-                let mut idx: HashMap<Labels, usize> = HashMap::new();
+                let mut idx: LabelMap<usize> = LabelMap::default();
                 let mut res: Vec<Sample> = Vec::new();
                 for s in samples {
                     let mut key = group_key(&s.labels, modifier);
@@ -231,7 +235,7 @@ pub(crate) fn eval_aggregate(
                 res
             }
             _ => {
-                let mut idx: HashMap<Labels, usize> = HashMap::new();
+                let mut idx: LabelMap<usize> = LabelMap::default();
                 let mut groups: Vec<(Labels, Vec<f64>, bool)> = Vec::new();
                 for s in samples {
                     let key = group_key(&s.labels, modifier);
@@ -317,7 +321,7 @@ fn reduce_series(
     modifier: Option<&LabelModifier>,
     steps: usize,
 ) -> Result<Value, QueryError> {
-    let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut idx: LabelMap<usize> = LabelMap::default();
     let mut keys: Vec<Labels> = Vec::new();
     let group_of: Vec<usize> = series
         .iter()
@@ -383,7 +387,7 @@ fn label_hash(l: &Labels) -> u64 {
 }
 
 fn select_k(op: &str, k: usize, samples: Vec<Sample>, m: Option<&LabelModifier>) -> Vec<Sample> {
-    let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut idx: LabelMap<usize> = LabelMap::default();
     let mut groups: Vec<Vec<Sample>> = Vec::new();
     for s in samples {
         let key = group_key(&s.labels, m);

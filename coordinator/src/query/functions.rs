@@ -1,15 +1,15 @@
 //! PromQL functions over floats (native-histogram functions are out of scope, DESIGN §5).
 
-use std::collections::HashMap;
+use std::ops::Range;
 
 use argus_common::model::{Labels, is_valid_label_name};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
-use super::aggregate::{kahan_inc, kahan_mean, quantile};
+use super::aggregate::{LabelMap, kahan_inc, kahan_mean, quantile};
 use super::engine::{Evaluator, StepRange};
-use super::value::{METRIC_NAME, MatrixArg, QueryError, Sample, Value, window};
+use super::value::{METRIC_NAME, MatrixArg, QueryError, Sample, Value};
 
 fn unparen(e: &Expr) -> &Expr {
     match e {
@@ -59,9 +59,30 @@ fn over_range_series(
     keep_name: bool,
     mut f: impl FnMut(&[(i64, f64)], i64, i64, usize) -> Option<f64>,
 ) -> Vec<SeriesSteps> {
+    over_range_indexed(m, times, keep_name, |_, points, w, start, end, i| {
+        f(&points[w], start, end, i)
+    })
+}
+
+/// Applies `f` to the window of every series at every step, giving it the series'
+/// index and all of its points with the window as a range of them, for functions that
+/// prepare something once per series.
+///
+/// A window is `(end - range, end]`, and the ends only grow from step to step, so two
+/// cursors slide forward through the points instead of searching for every step.
+fn over_range_indexed(
+    m: &MatrixArg,
+    times: &[i64],
+    keep_name: bool,
+    mut f: impl FnMut(usize, &[(i64, f64)], Range<usize>, i64, i64, usize) -> Option<f64>,
+) -> Vec<SeriesSteps> {
     m.series
         .iter()
-        .filter_map(|s| {
+        .enumerate()
+        .filter_map(|(k, s)| {
+            let points = &s.points;
+            let (mut lo, mut hi) = (0, 0);
+            let mut last_end = i64::MIN;
             let mut any = false;
             let values: Vec<Option<f64>> = times
                 .iter()
@@ -69,11 +90,21 @@ fn over_range_series(
                 .map(|(i, t)| {
                     let end = m.end_at(*t);
                     let start = end - m.range;
-                    let pts = window(&s.points, start, end);
-                    if pts.is_empty() {
+                    if end < last_end {
+                        // Steps ascend, so this does not happen; start over if it did.
+                        (lo, hi) = (0, 0);
+                    }
+                    last_end = end;
+                    while hi < points.len() && points[hi].0 <= end {
+                        hi += 1;
+                    }
+                    while lo < points.len() && points[lo].0 <= start {
+                        lo += 1;
+                    }
+                    if lo >= hi {
                         return None;
                     }
-                    let v = f(pts, start, end, i);
+                    let v = f(k, points, lo..hi, start, end, i);
                     any |= v.is_some();
                     v
                 })
@@ -193,8 +224,25 @@ fn range_function(
                 _ => (false, false),
             };
             let range = m.range;
-            over_range_series(m, times, false, |p, s, e, _| {
-                extrapolated_rate(p, s, e, range, counter, rate)
+            // Counter resets before each point of the current series, counted once per
+            // series: a window without one skips the walk through its points.
+            let mut resets: Vec<u32> = Vec::new();
+            let mut current = usize::MAX;
+            over_range_indexed(m, times, false, |k, points, w, s, e, _| {
+                if counter && k != current {
+                    current = k;
+                    resets.clear();
+                    let mut n = 0;
+                    resets.push(n);
+                    for pair in points.windows(2) {
+                        if pair[1].1 < pair[0].1 {
+                            n += 1;
+                        }
+                        resets.push(n);
+                    }
+                }
+                let may_reset = counter && resets[w.end - 1] != resets[w.start];
+                extrapolated_rate(&points[w], s, e, range, counter, rate, may_reset)
             })
         }
         "irate" | "idelta" => {
@@ -372,7 +420,8 @@ fn range_function(
 }
 
 /// Prometheus's `extrapolatedRate`: the change over the samples, extrapolated to the
-/// window edges unless the series seems to start or end inside it.
+/// window edges unless the series seems to start or end inside it. `may_reset` false
+/// says the caller knows no counter reset lies in `pts`.
 fn extrapolated_rate(
     pts: &[(i64, f64)],
     start: i64,
@@ -380,6 +429,7 @@ fn extrapolated_rate(
     range_ms: i64,
     counter: bool,
     rate: bool,
+    may_reset: bool,
 ) -> Option<f64> {
     if pts.len() < 2 {
         return None;
@@ -387,7 +437,7 @@ fn extrapolated_rate(
     let first = pts[0];
     let last = pts[pts.len() - 1];
     let mut result = last.1 - first.1;
-    if counter {
+    if counter && may_reset {
         let mut prev = first.1;
         for p in &pts[1..] {
             if p.1 < prev {
@@ -1090,8 +1140,8 @@ pub(crate) fn eval_call(
             // for all steps: most steps hold the same series as the one before. The name
             // stays in a histogram's labels until the end, so buckets of different
             // histograms never mix (they clash there if only names told them apart).
-            let mut member: HashMap<Labels, Option<(usize, f64)>> = HashMap::new();
-            let mut histograms: HashMap<Labels, usize> = HashMap::new();
+            let mut member: LabelMap<Option<(usize, f64)>> = LabelMap::default();
+            let mut histograms: LabelMap<usize> = LabelMap::default();
             let mut labels_of: Vec<Labels> = Vec::new();
             let mut buckets: Vec<Vec<(f64, f64)>> = Vec::new();
             // Histograms with buckets at this step, in order of their first bucket.
