@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argus_common::model::Labels;
@@ -776,10 +777,15 @@ async fn execute(app: &AppState, req: QueryRequest, received: Instant) -> Respon
     };
     let (state, store, limits) = (app.state.clone(), app.store.clone(), app.query.limits);
     let stats = req.stats;
+    // Dropped with this future when the client goes away (axum drops a handler whose
+    // connection closed), which stops the evaluation and frees its slot.
+    let cancel = CancelOnDrop::default();
+    let flag = cancel.0.clone();
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let queued = received.elapsed();
-        let source = LiveSource::new(state, store, &limits, Some(deadline), now_ms());
+        let source =
+            LiveSource::new(state, store, &limits, Some(deadline), now_ms()).with_cancel(flag);
         let (result, prep, eval) = evaluate(&source, &req)?;
         let read = source.stats();
         let applied_fallback = match read.applied {
@@ -795,7 +801,9 @@ async fn execute(app: &AppState, req: QueryRequest, received: Instant) -> Respon
             eval,
         })
     });
-    match tokio::time::timeout_at(tokio_deadline, task).await {
+    let outcome = tokio::time::timeout_at(tokio_deadline, task).await;
+    cancel.disarm();
+    match outcome {
         Err(_) => timeout_error("expression evaluation").into_response(),
         Ok(Err(join)) => {
             tracing::error!(error = %join, "query evaluation failed");
@@ -803,6 +811,26 @@ async fn execute(app: &AppState, req: QueryRequest, received: Instant) -> Respon
         }
         Ok(Ok(Err(e))) => e.into_response(),
         Ok(Ok(Ok(ev))) => respond(ev, stats, received.elapsed()),
+    }
+}
+
+/// Sets its flag when dropped before [`CancelOnDrop::disarm`]: the request future was
+/// dropped mid-evaluation.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            tracing::debug!("query canceled: the client went away");
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -1136,6 +1164,18 @@ mod tests {
 
     fn msg(e: ApiError) -> String {
         e.message
+    }
+
+    #[test]
+    fn a_dropped_request_cancels_its_evaluation_and_an_answered_one_does_not() {
+        let dropped = CancelOnDrop::default();
+        let flag = dropped.0.clone();
+        drop(dropped);
+        assert!(flag.load(Ordering::Relaxed));
+        let answered = CancelOnDrop::default();
+        let flag = answered.0.clone();
+        answered.disarm();
+        assert!(!flag.load(Ordering::Relaxed));
     }
 
     #[test]

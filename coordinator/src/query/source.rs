@@ -39,6 +39,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use argus_common::model::Labels;
@@ -132,6 +133,9 @@ pub struct LiveSource {
     max_samples: usize,
     max_series: usize,
     deadline: Option<Instant>,
+    /// Set by the caller when nobody waits for the answer any more (the client went
+    /// away); checked where the deadline is.
+    canceled: Option<Arc<AtomicBool>>,
     /// Wall-clock "now" of the query, for the raw tier's retention horizon.
     now_ms: i64,
     read: RefCell<ReadStats>,
@@ -151,6 +155,7 @@ impl LiveSource {
             max_samples: limits.max_samples,
             max_series: limits.max_series,
             deadline,
+            canceled: None,
             now_ms,
             read: RefCell::new(ReadStats::default()),
         }
@@ -175,7 +180,23 @@ impl LiveSource {
         Ok(sm.applied())
     }
 
+    /// Stops the query at its next deadline check once `flag` is set, so a query whose
+    /// client disconnected gives its slot back instead of running to its timeout.
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> LiveSource {
+        self.canceled = Some(flag);
+        self
+    }
+
     fn check_deadline(&self) -> Result<(), QueryError> {
+        if self
+            .canceled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(QueryError::Execution(
+                "query canceled: the client closed the connection".into(),
+            ));
+        }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.read.borrow_mut().timed_out = true;
             return Err(QueryError::Execution(
@@ -705,6 +726,21 @@ mod tests {
             Err(QueryError::Execution(m)) if m.contains("timed out")
         ));
         assert!(src.stats().timed_out);
+    }
+
+    #[test]
+    fn a_canceled_query_stops_at_its_next_read() {
+        let f = Fixture::new(&["a"], 5);
+        let flag = Arc::new(AtomicBool::new(false));
+        let src = f.source(&QueryLimits::default()).with_cancel(flag.clone());
+        let sel = name_is("requests_total");
+        assert!(src.select(&sel, T0, T0 + 10 * STEP).is_ok());
+        flag.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            src.select(&sel, T0, T0 + 10 * STEP),
+            Err(QueryError::Execution(m)) if m.contains("canceled")
+        ));
+        assert!(!src.stats().timed_out, "a cancel is not a timeout");
     }
 
     #[test]
