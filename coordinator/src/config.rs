@@ -39,6 +39,9 @@ pub struct ServeSection {
     /// Bearer token for `/api/v1/write`; required to listen beyond loopback.
     pub write_token: String,
     pub max_body_bytes: usize,
+    /// Addresses (`host:port`) agents and peers dial, written into join strings and the
+    /// node certificate at `cluster init`; empty: the listen address.
+    pub advertise: Vec<String>,
 }
 
 impl Default for ServeSection {
@@ -48,6 +51,7 @@ impl Default for ServeSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 3006)),
             write_token: String::new(),
             max_body_bytes: 16 << 20,
+            advertise: Vec::new(),
         }
     }
 }
@@ -171,6 +175,11 @@ impl CoordinatorConfig {
             ));
         }
         s.max_body_bytes = self.serve.max_body_bytes;
+        for a in &self.serve.advertise {
+            argus_common::pki::JoinAddr::parse(a)
+                .map_err(|e| ("serve.advertise".to_string(), format!("{a:?}: {e}")))?;
+        }
+        s.advertise = self.serve.advertise.clone();
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_labels", l.max_labels),

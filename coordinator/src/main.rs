@@ -3,8 +3,12 @@
 use anyhow::bail;
 use anyhow::{Context, Result};
 use argus_coordinator::config::CoordinatorConfig;
-use argus_coordinator::server::start;
-use clap::{Parser, Subcommand, ValueEnum};
+use argus_coordinator::fleet::admin_client::AdminClient;
+use argus_coordinator::fleet::cli_config::CliConfig;
+use argus_coordinator::fleet::cluster_files;
+use argus_coordinator::fleet::token_api::CreateTokenRequest;
+use argus_coordinator::server::{ServeConfig, start};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -44,12 +48,95 @@ enum Command {
     },
     /// Validate a config file; exits non-zero naming the file, key and reason of each problem.
     CheckConfig { file: PathBuf },
+    /// Create or manage the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Join tokens that let agents enroll.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create the cluster in the data directory: CA (key in its own 0600 file), this
+    /// node's certificate, an admin token (printed once) and the CLI config file.
+    /// `argus serve` does the same on its first start; a second init refuses.
+    Init {
+        /// Config file [default: /etc/argus/argus.toml when it exists].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory [config: serve.data_dir].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// HTTP listen address the CLI config points at [config: serve.listen].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Address agents and peers dial (host:port); repeat for several
+        /// [config: serve.advertise; default: the listen address].
+        #[arg(long)]
+        advertise: Vec<String>,
+    },
+}
+
+/// Where an admin command finds the coordinator and its token: flags, then the
+/// environment, then the CLI config file `cluster init` wrote.
+#[derive(Args)]
+struct ClientArgs {
+    /// Coordinator HTTP URL, e.g. http://127.0.0.1:3006.
+    #[arg(long, env = "ARGUS_URL", global = true)]
+    url: Option<String>,
+    /// Admin bearer token.
+    #[arg(long, env = "ARGUS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// CLI config file [default: <data-dir>/cluster/cli.toml, then ~/.config/argus/cli.toml].
+    #[arg(long, env = "ARGUS_CLI_CONFIG", global = true)]
+    cli_config: Option<PathBuf>,
+    /// Data directory whose cluster/cli.toml to read.
+    #[arg(long, default_value = "./argus-data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a join token and print its join string (shown only this once).
+    Create {
+        /// Time to live (90s, 30m, 1h, ...).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Only this host may use it.
+        #[arg(long)]
+        host: Option<String>,
+        /// agent or coordinator.
+        #[arg(long, default_value = "agent")]
+        role: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List join tokens (never their secrets).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a join token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "/etc/argus/argus.toml";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // reqwest is built without a provider of its own: ring is the tree's only one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Command::CheckConfig { file } = &cli.command {
         let (cfg, problems) = CoordinatorConfig::load(file, std::env::vars());
         if cfg.is_some() && problems.is_empty() {
@@ -86,26 +173,7 @@ fn main() -> Result<()> {
                 listen,
                 write_token,
             } => {
-                let file =
-                    config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
-                let mut cfg = match file {
-                    Some(f) => {
-                        let (c, problems) = CoordinatorConfig::load(&f, std::env::vars());
-                        for p in &problems.recoverable {
-                            tracing::error!("config: {p} (ignored)");
-                        }
-                        for p in &problems.errors {
-                            tracing::error!("config: {p}");
-                        }
-                        match c {
-                            Some(c) if problems.errors.is_empty() => c,
-                            _ => bail!("{}: cannot start with these errors", f.display()),
-                        }
-                    }
-                    None => CoordinatorConfig::default(),
-                }
-                .to_serve()
-                .map_err(|(k, r)| anyhow::anyhow!("{k}: {r}"))?;
+                let mut cfg = serve_config(config)?;
                 if let Some(d) = data_dir {
                     cfg.data_dir = d;
                 }
@@ -122,9 +190,170 @@ fn main() -> Result<()> {
                 running.shutdown().await?;
                 Ok(())
             }
+            Command::Cluster(ClusterCommand::Init {
+                config,
+                data_dir,
+                listen,
+                advertise,
+            }) => {
+                let mut cfg = serve_config(config)?;
+                if let Some(d) = data_dir {
+                    cfg.data_dir = d;
+                }
+                if let Some(l) = listen {
+                    cfg.listen = l;
+                }
+                if !advertise.is_empty() {
+                    cfg.advertise = advertise;
+                }
+                cluster_init(&cfg)
+            }
+            Command::Token(cmd) => token_command(cmd).await,
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+/// The config of `serve` and `cluster init`: the file, or built-in defaults.
+fn serve_config(config: Option<PathBuf>) -> Result<ServeConfig> {
+    let file = config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
+    match file {
+        Some(f) => {
+            let (c, problems) = CoordinatorConfig::load(&f, std::env::vars());
+            for p in &problems.recoverable {
+                tracing::error!("config: {p} (ignored)");
+            }
+            for p in &problems.errors {
+                tracing::error!("config: {p}");
+            }
+            match c {
+                Some(c) if problems.errors.is_empty() => c,
+                _ => bail!("{}: cannot start with these errors", f.display()),
+            }
+        }
+        None => CoordinatorConfig::default(),
+    }
+    .to_serve()
+    .map_err(|(k, r)| anyhow::anyhow!("{k}: {r}"))
+}
+
+fn cluster_init(cfg: &ServeConfig) -> Result<()> {
+    let spec = cfg.init_spec()?;
+    let made = cluster_files::init(&cfg.data_dir, &spec, wall_ms())?;
+    let p = &made.paths;
+    println!("Initialized a new Argus cluster in {}", p.dir.display());
+    println!("  CA certificate:   {}", p.ca_cert().display());
+    println!("  CA key (0600):    {}", p.ca_key().display());
+    println!("  CA pin:           {}", made.ca_pin);
+    println!(
+        "  node certificate: {} (names: {})",
+        p.node_cert().display(),
+        made.node_names.join(", ")
+    );
+    println!("  CLI config:       {}", p.cli_config().display());
+    println!();
+    println!("Admin token (shown only now; the node keeps its hash, the CLI config holds it):");
+    println!("  {}", made.admin_token.expose());
+    Ok(())
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn client(args: ClientArgs) -> Result<AdminClient> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let files = CliConfig::candidates(args.cli_config.as_deref(), &args.data_dir, home.as_deref());
+    let cfg = CliConfig::resolve(args.url, args.token, &files)?;
+    Ok(AdminClient::new(&cfg)?)
+}
+
+async fn token_command(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            ttl,
+            uses,
+            host,
+            role,
+            client: c,
+        } => {
+            let created = client(c)?
+                .create_token(&CreateTokenRequest {
+                    ttl: Some(ttl),
+                    uses: Some(uses),
+                    host,
+                    role: Some(role),
+                })
+                .await?;
+            eprintln!(
+                "token {} ({}, {} use(s), expires {}{}); the join string below is shown only once:",
+                created.id,
+                created.role,
+                created.uses,
+                when(created.expires_ms),
+                created
+                    .host
+                    .as_deref()
+                    .map(|h| format!(", host {h}"))
+                    .unwrap_or_default()
+            );
+            println!("{}", created.join);
+            Ok(())
+        }
+        TokenCommand::List { json, client: c } => {
+            let tokens = client(c)?.list_tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  HOST",
+                "ID", "ROLE", "STATUS", "USES LEFT", "EXPIRES (UTC)"
+            );
+            for t in tokens {
+                println!(
+                    "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  {}",
+                    t.id,
+                    t.role,
+                    t.status,
+                    format!("{}/{}", t.uses_left, t.uses),
+                    when(t.expires_ms),
+                    t.host.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id, client: c } => {
+            let t = client(c)?.revoke_token(&id).await?;
+            println!("token {} revoked", t.id);
+            Ok(())
+        }
+    }
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 async fn shutdown_signal() {

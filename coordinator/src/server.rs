@@ -4,10 +4,11 @@
 //! the replica that applies entries, the node's threads, and the axum router. Writes
 //! are answered only once their entry is committed and applied (DESIGN §2).
 
-use crate::api::http::{AppState, HttpCounters, router};
+use crate::api::http::{AppState, HttpCounters, TokenApi, router};
 use crate::api::query::QueryService;
 use crate::cluster::log_migration::open_migrating;
 use crate::cluster::{NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
+use crate::fleet::cluster_files::{self, ClusterFilesError, InitSpec};
 use crate::query::source::QueryLimits;
 use crate::state::checkpoint_file::CheckpointFile;
 use crate::state::machine::Outcome;
@@ -37,6 +38,10 @@ pub struct ServeConfig {
     pub tiers: Tiers,
     /// PromQL query limits (timeout, samples, series, concurrency, points).
     pub query: QueryLimits,
+    /// Addresses (`host:port`) agents and peers dial, written into join strings and the
+    /// node certificate; empty: the listen address (this host's name when listening on
+    /// every address).
+    pub advertise: Vec<String>,
 }
 
 impl ServeConfig {
@@ -50,7 +55,18 @@ impl ServeConfig {
             replica: ReplicaConfig::default(),
             tiers: Tiers::argus_defaults(),
             query: QueryLimits::default(),
+            advertise: Vec::new(),
         }
+    }
+
+    /// What `cluster init` (explicit, or implicit on the first start) writes for this
+    /// node.
+    pub fn init_spec(&self) -> Result<InitSpec, ClusterFilesError> {
+        Ok(InitSpec {
+            node_id: NodeConfig::default().id.to_string(),
+            advertise: cluster_files::advertised(self.listen, &self.advertise)?,
+            url: cluster_files::local_url(self.listen),
+        })
     }
 }
 
@@ -82,6 +98,8 @@ pub enum ServeError {
     Threads(std::io::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("cluster files: {0}")]
+    Cluster(#[from] ClusterFilesError),
 }
 
 /// A running node: its HTTP address and the handle that stops it.
@@ -107,6 +125,13 @@ impl Running {
     }
 }
 
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The leader's retention duty: every minute, propose a `RetentionCut` per tier. The cut
 /// is an entry, not a timer in the store, so every replica drops the same partitions at
 /// the same point of the log (DESIGN §3.2); a new leader simply carries on.
@@ -126,10 +151,7 @@ async fn retention_duty(
         if !stats.snapshot().is_leader {
             continue;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = wall_ms();
         for cut in tiers.retention_cuts(now) {
             let slot = &mut last[usize::from(cut.tier)];
             if cut.before_ms <= *slot {
@@ -161,6 +183,17 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         move |source| ServeError::DataDir { path, source }
     };
     std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err(&cfg.data_dir))?;
+    let spec = cfg.init_spec()?;
+    let (cluster, created) = cluster_files::ensure(&cfg.data_dir, &spec, wall_ms())?;
+    if let Some(c) = &created {
+        // The token itself is not logged: it is in the 0600 CLI config file.
+        tracing::info!(
+            ca_pin = %c.ca_pin,
+            names = ?c.node_names,
+            cli_config = %c.paths.cli_config().display(),
+            "initialized a new cluster in the empty data directory; the admin token is in the CLI config file"
+        );
+    }
     let tsdb_dir = cfg.data_dir.join("tsdb");
     let (log, _) = open_migrating(&cfg.data_dir.join(OLD_LOG_DIR), &cfg.data_dir.join(LOG_DIR))?;
     let store = Arc::new(Store::open(&tsdb_dir, StoreConfig::new(cfg.tiers.clone()))?);
@@ -187,6 +220,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         limits: Default::default(),
         started: std::time::Instant::now(),
         query: QueryService::new(cfg.query),
+        tokens: Arc::new(TokenApi {
+            admin_token_hash: Some(cluster.admin_token_hash),
+            ca_pin: cluster.ca_pin,
+            advertise: spec.advertise,
+        }),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

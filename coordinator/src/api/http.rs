@@ -1,5 +1,8 @@
 //! The node's HTTP endpoints: Prometheus remote write and federation, series
-//! metadata, its own metrics, liveness and readiness.
+//! metadata, its own metrics, liveness and readiness; join tokens in [`tokens`].
+
+mod tokens;
+pub use tokens::TokenApi;
 
 use super::exposition::{self, FederatedSample};
 use super::prom_json::{ApiError, ApiResponse, MetadataData, MetadataEntry, SeriesLabels};
@@ -56,6 +59,8 @@ pub struct AppState {
     pub started: Instant,
     /// PromQL query limits and the slots bounding concurrent evaluations.
     pub query: QueryService,
+    /// The admin token check, CA pin and advertised addresses of `/api/tokens`.
+    pub tokens: Arc<TokenApi>,
 }
 
 pub fn router(app: AppState, max_body: usize) -> Router {
@@ -81,6 +86,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "OK\n" }))
         .route("/ready", get(ready))
+        .merge(tokens::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }

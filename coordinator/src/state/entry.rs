@@ -6,6 +6,7 @@
 //! unknown variant or a newer version is an error at apply, never silently skipped,
 //! because skipping would make replicas diverge.
 
+use crate::fleet::tokens::TokenRole;
 use crate::tsdb::chunk;
 use argus_common::model::{Labels, MetricType, PointGroup, SeriesDef};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,27 @@ pub enum Entry {
         items: Vec<PushedItem>,
         metadata: Vec<PushedMetadata>,
     },
+    /// A join token minted by `argus token create`. Only the secret's hash is in the
+    /// log; `expires_ms` is absolute leader time.
+    TokenCreate {
+        id: [u8; 8],
+        secret_hash: [u8; 32],
+        expires_ms: i64,
+        uses: u32,
+        host: Option<String>,
+        role: TokenRole,
+        created_by: String,
+    },
+    /// `argus token revoke`.
+    TokenRevoke { id: [u8; 8] },
+    /// Enrollment spends a use of a token whose secret the proposer checked, for the
+    /// public key (SHA-256 of its SubjectPublicKeyInfo) of `host`'s CSR. A retry with the
+    /// same key spends nothing more.
+    TokenUse {
+        id: [u8; 8],
+        host: String,
+        key_sha256: [u8; 32],
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -203,6 +225,21 @@ mod tests {
                 .concat(),
                 metadata: vec![],
             },
+            Entry::TokenCreate {
+                id: [1; 8],
+                secret_hash: [2; 32],
+                expires_ms: 3,
+                uses: 4,
+                host: Some("web-1".into()),
+                role: TokenRole::Agent,
+                created_by: "admin".into(),
+            },
+            Entry::TokenRevoke { id: [1; 8] },
+            Entry::TokenUse {
+                id: [1; 8],
+                host: "web-1".into(),
+                key_sha256: [5; 32],
+            },
         ]
     }
 
@@ -223,7 +260,7 @@ mod tests {
     fn variant_indices_are_frozen() {
         // Reordering the enum would silently reinterpret old log entries.
         let firsts: Vec<u8> = samples().iter().map(|e| e.encode()[1]).collect();
-        assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
+        assert_eq!(firsts, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(samples()[0].encode()[0], ENTRY_VERSION);
     }
 

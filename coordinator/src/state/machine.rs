@@ -8,6 +8,8 @@
 
 use super::dedup::{SeqWindow, Verdict};
 use super::entry::{Entry, PushedItem, PushedKey, PushedMetadata, PushedSeries};
+use crate::fleet::state::{FleetOutcome, FleetState};
+use crate::fleet::tokens::NewToken;
 use crate::tsdb::aggregate::{
     Aggregate, Aggregator, AggregatorConfig, SampleSource, SealedBlock, is_counter,
 };
@@ -61,6 +63,8 @@ pub struct Outcome {
     pub retry: bool,
     pub accepted: u64,
     pub refused: BTreeMap<RefuseReason, u64>,
+    /// What a fleet entry (tokens) did; `None` for every other kind.
+    pub fleet: Option<FleetOutcome>,
 }
 
 impl Outcome {
@@ -113,6 +117,9 @@ pub struct Checkpoint {
     pub head: Vec<u8>,
     pub agents: Vec<u8>,
     pub aggregates: Vec<u8>,
+    /// The fleet's section ([`FleetState::encode`]); empty in checkpoints written before
+    /// the fleet existed, which restore as an empty fleet.
+    pub fleet: Vec<u8>,
 }
 
 const AGENTS_VERSION: u8 = 1;
@@ -125,6 +132,8 @@ pub enum StateError {
     Checkpoint(String),
     #[error(transparent)]
     Aggregate(#[from] crate::tsdb::aggregate::AggregateError),
+    #[error("checkpoint: {0}")]
+    Fleet(#[from] crate::fleet::state::FleetStateError),
 }
 
 /// How often, in leader time, quiet series have their aggregate windows sealed. Sealing
@@ -142,6 +151,8 @@ pub struct StateMachine {
     counters: ApplyCounters,
     limits: Limits,
     last_time_ms: i64,
+    /// Join tokens (and, as enrollment lands, agents and certificates).
+    fleet: FleetState,
 }
 
 impl StateMachine {
@@ -155,6 +166,7 @@ impl StateMachine {
             counters: ApplyCounters::default(),
             limits,
             last_time_ms: 0,
+            fleet: FleetState::default(),
         })
     }
 
@@ -172,6 +184,10 @@ impl StateMachine {
 
     pub fn counters(&self) -> &ApplyCounters {
         &self.counters
+    }
+
+    pub fn fleet(&self) -> &FleetState {
+        &self.fleet
     }
 
     /// The leader time of the last applied entry: the replicated notion of "now".
@@ -261,6 +277,32 @@ impl StateMachine {
                 applied: true,
                 ..Outcome::default()
             },
+            Entry::TokenCreate {
+                id,
+                secret_hash,
+                expires_ms,
+                uses,
+                host,
+                role,
+                created_by,
+            } => {
+                let new = NewToken {
+                    id: *id,
+                    secret_hash: *secret_hash,
+                    expires_ms: *expires_ms,
+                    uses: *uses,
+                    host: host.clone(),
+                    role: *role,
+                    created_by: created_by.clone(),
+                };
+                fleet_outcome(self.fleet.create_token(&new, time_ms))
+            }
+            Entry::TokenRevoke { id } => fleet_outcome(self.fleet.revoke_token(id, time_ms)),
+            Entry::TokenUse {
+                id,
+                host,
+                key_sha256,
+            } => fleet_outcome(self.fleet.use_token(id, host, key_sha256, time_ms)),
         };
         for (reason, n) in &outcome.refused {
             *self
@@ -567,6 +609,7 @@ impl StateMachine {
             head: self.head.checkpoint()?.to_bytes()?,
             agents: agent_bytes,
             aggregates: self.aggregator.encode_state_without_samples(),
+            fleet: self.fleet.encode()?,
         })
     }
 
@@ -621,7 +664,18 @@ impl StateMachine {
             counters: agents.counters,
             limits,
             last_time_ms: agents.last_time_ms,
+            fleet: FleetState::decode(&cp.fleet)?,
         })
+    }
+}
+
+/// A fleet entry's outcome: applied when it changed the state or repeated an earlier
+/// change; a refusal is in `fleet` for the proposer to report.
+fn fleet_outcome(result: FleetOutcome) -> Outcome {
+    Outcome {
+        applied: result.is_ok(),
+        fleet: Some(result),
+        ..Outcome::default()
     }
 }
 
@@ -683,6 +737,12 @@ mod tests {
             &Tiers::argus_defaults(),
         )
         .unwrap()
+    }
+
+    impl StateMachine {
+        fn fleet_apply(&mut self, index: u64, t: i64, e: &Entry) -> Option<FleetOutcome> {
+            self.apply(index, t, e).fleet
+        }
     }
 
     fn def(r: SeriesRef, device: &str) -> SeriesDef {
@@ -967,6 +1027,80 @@ mod tests {
         assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
         assert_eq!(a.aggregator.encode_state(), b.aggregator.encode_state());
         assert_eq!(a.counters(), b.counters());
+    }
+
+    /// Token entries apply against the entry's leader time, deterministically, and the
+    /// token table survives a checkpoint; a checkpoint without a fleet section (written
+    /// before the fleet existed) restores an empty one.
+    #[test]
+    fn token_entries_apply_by_leader_time_and_survive_a_checkpoint() {
+        use crate::fleet::tokens::{TokenApplied, TokenError, TokenRefusal, TokenRole};
+        use argus_common::pki::{SecretHash, TokenId, TokenSecret};
+        const HOUR: i64 = 3_600_000;
+        let secret = TokenSecret::generate().unwrap();
+        let id = TokenId::generate().unwrap();
+        let create = Entry::TokenCreate {
+            id: id.0,
+            secret_hash: SecretHash::of(&secret).0,
+            expires_ms: T0 + HOUR,
+            uses: 1,
+            host: None,
+            role: TokenRole::Agent,
+            created_by: "admin".into(),
+        };
+        let spend = |key: u8| Entry::TokenUse {
+            id: id.0,
+            host: "h1".into(),
+            key_sha256: [key; 32],
+        };
+        let mut a = sm();
+        let out = a.apply(1, T0, &create);
+        assert_eq!(out.fleet, Some(Ok(TokenApplied::Created)));
+        assert!(out.applied);
+        // Same entry again (a retried proposal): refused the same on every replica.
+        assert_eq!(
+            a.apply(2, T0, &create).fleet,
+            Some(Err(TokenRefusal::DuplicateId))
+        );
+        let cp = a.checkpoint().unwrap();
+        let restore = |cp: &Checkpoint| {
+            StateMachine::restore(
+                cp,
+                HeadConfig::default(),
+                Limits::default(),
+                &Tiers::argus_defaults(),
+                &mut |_, _, _| Ok(Vec::new()),
+            )
+            .unwrap()
+        };
+        let mut b = restore(&cp);
+        assert_eq!(b.fleet(), a.fleet());
+        assert!(b.fleet().tokens().check(&id, &secret, "h1", T0 + 1).is_ok());
+        // Expiry is the entry's time: the same entry stamped later is refused.
+        for s in [&mut a, &mut b] {
+            assert_eq!(
+                s.fleet_apply(3, T0 + HOUR, &spend(1)),
+                Some(Err(TokenRefusal::Token(TokenError::Expired)))
+            );
+            assert_eq!(
+                s.fleet_apply(4, T0 + 10, &spend(1)),
+                Some(Ok(TokenApplied::Used))
+            );
+            assert_eq!(
+                s.fleet_apply(5, T0 + 11, &spend(2)),
+                Some(Err(TokenRefusal::Token(TokenError::Spent)))
+            );
+            assert_eq!(
+                s.fleet_apply(6, T0 + 12, &Entry::TokenRevoke { id: id.0 }),
+                Some(Ok(TokenApplied::Revoked))
+            );
+        }
+        assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
+        let old = Checkpoint {
+            fleet: Vec::new(),
+            ..cp
+        };
+        assert!(restore(&old).fleet().tokens().is_empty());
     }
 
     /// Samples the head accepts also feed the downsampled tiers: a counter ramp comes

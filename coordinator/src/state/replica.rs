@@ -21,7 +21,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 /// Where the store kept the checkpoint before it had a file of its own.
 const LEGACY_CHECKPOINT_KEY: &[u8] = b"checkpoint";
-const CHECKPOINT_VERSION: u8 = 1;
+/// Version 2 adds the fleet section after the four of version 1, which is still read
+/// (as an empty fleet).
+const CHECKPOINT_VERSION: u8 = 2;
 
 /// The state machine shared between the apply thread (writer) and HTTP readers.
 pub type SharedState = Arc<RwLock<StateMachine>>;
@@ -261,7 +263,7 @@ impl Apply for Replica {
 fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
     let mut out = vec![CHECKPOINT_VERSION];
     out.extend_from_slice(&cp.applied.to_be_bytes());
-    for part in [&cp.index, &cp.head, &cp.agents, &cp.aggregates] {
+    for part in [&cp.index, &cp.head, &cp.agents, &cp.aggregates, &cp.fleet] {
         out.extend_from_slice(&(part.len() as u64).to_be_bytes());
         out.extend_from_slice(part);
     }
@@ -273,12 +275,16 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
     let (&version, mut rest) = bytes
         .split_first()
         .ok_or_else(|| bad("empty checkpoint".into()))?;
-    if version != CHECKPOINT_VERSION {
-        return Err(bad(format!(
-            "checkpoint format {version}, this build reads {CHECKPOINT_VERSION}"
-        ))
-        .into());
-    }
+    let count = match version {
+        1 => 4,
+        CHECKPOINT_VERSION => 5,
+        _ => {
+            return Err(bad(format!(
+                "checkpoint format {version}, this build reads 1 to {CHECKPOINT_VERSION}"
+            ))
+            .into());
+        }
+    };
     let take_u64 = |rest: &mut &[u8]| -> Result<u64, StateError> {
         let (head, tail) = rest
             .split_first_chunk::<8>()
@@ -287,8 +293,8 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         Ok(u64::from_be_bytes(*head))
     };
     let applied = take_u64(&mut rest)?;
-    let mut parts = Vec::with_capacity(4);
-    for _ in 0..4 {
+    let mut parts = Vec::with_capacity(count);
+    for _ in 0..count {
         let len = take_u64(&mut rest)?;
         let len = usize::try_from(len)
             .ok()
@@ -298,6 +304,11 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         parts.push(part.to_vec());
         rest = tail;
     }
+    let fleet = if count == 5 {
+        parts.pop().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let aggregates = parts.pop().unwrap_or_default();
     let agents = parts.pop().unwrap_or_default();
     let head = parts.pop().unwrap_or_default();
@@ -308,6 +319,7 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
         head,
         agents,
         aggregates,
+        fleet,
     })
 }
 
@@ -354,6 +366,94 @@ mod tests {
             kind,
         });
         assert_eq!(out.unwrap().accepted, 1);
+    }
+
+    fn token(r: &mut Replica, index: u64, t: i64, id: u8) {
+        let entry = Entry::TokenCreate {
+            id: [id; 8],
+            secret_hash: [id; 32],
+            expires_ms: t + 3_600_000,
+            uses: 1,
+            host: None,
+            role: crate::fleet::tokens::TokenRole::Agent,
+            created_by: "admin".into(),
+        }
+        .encode();
+        let kind = EntryKind::Proposal(Proposal {
+            time_ms: t,
+            payload: &entry,
+        });
+        let out = r.apply(CommittedEntry {
+            index,
+            term: 1,
+            kind,
+        });
+        assert_eq!(
+            out.unwrap().fleet,
+            Some(Ok(crate::fleet::tokens::TokenApplied::Created))
+        );
+    }
+
+    /// Version 1 as binaries before the fleet wrote it: four parts.
+    fn encode_v1(cp: &Checkpoint) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend_from_slice(&cp.applied.to_be_bytes());
+        for part in [&cp.index, &cp.head, &cp.agents, &cp.aggregates] {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn the_fleet_is_checkpointed_and_a_version_1_checkpoint_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut r = open(dir.path());
+            push(&mut r, 1, T0);
+            token(&mut r, 2, T0 + 1, 7);
+            r.checkpoint_now().unwrap();
+        }
+        let bytes = std::fs::read(dir.path().join("checkpoint")).unwrap();
+        assert_eq!(bytes[0], CHECKPOINT_VERSION);
+        let cp = decode_checkpoint(&bytes).unwrap();
+        assert_eq!(decode_checkpoint(&encode_checkpoint(&cp)).unwrap(), cp);
+        {
+            let r = open(dir.path());
+            assert_eq!(r.checkpointed(), 2);
+            let sm = r.read().unwrap();
+            assert_eq!(sm.fleet().tokens().len(), 1);
+            assert!(
+                sm.fleet()
+                    .tokens()
+                    .get(&argus_common::pki::TokenId([7; 8]))
+                    .is_some()
+            );
+        }
+        // The same state written as version 1 (no fleet section) opens with an empty fleet
+        // and everything else intact.
+        let v1 = decode_checkpoint(&encode_v1(&cp)).unwrap();
+        assert!(v1.fleet.is_empty());
+        assert_eq!(
+            (v1.applied, &v1.index, &v1.head),
+            (cp.applied, &cp.index, &cp.head)
+        );
+        std::fs::write(dir.path().join("checkpoint"), encode_v1(&cp)).unwrap();
+        let r = open(dir.path());
+        assert_eq!(r.checkpointed(), 2);
+        let sm = r.read().unwrap();
+        assert!(sm.fleet().tokens().is_empty());
+        assert_eq!(sm.index().len(), 1);
+        // A format from the future, or a truncated one, is an error naming it.
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(
+            decode_checkpoint(&future)
+                .unwrap_err()
+                .to_string()
+                .contains("format 9")
+        );
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
