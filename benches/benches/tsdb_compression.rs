@@ -42,8 +42,8 @@
 //!   load (sampled twice a second).
 //!
 //! Then the ratios against the targets: bytes per sample Argus/VM ≤ 1.0 (Argus: store
-//! compacted + the checkpoint file, which holds the head's samples not yet in the store,
-//! + the log at its mean size; other ways of counting are printed below it)
+//! compacted, plus the checkpoint file, which holds the head's samples not yet in the
+//! store, plus the log at its mean size; other ways of counting are printed below it)
 //! and throughput Argus/VM ≥ 0.5. A reference line gives the chunk codec alone (no
 //! server, no index) on the same samples, per shape, in 120-sample chunks.
 //!
