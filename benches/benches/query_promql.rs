@@ -55,6 +55,8 @@ use argus_coordinator::api::remote_write::{
     CONTENT_ENCODING, CONTENT_TYPE, TimeSeries, VERSION_1, VERSION_HEADER, WriteRequest,
     encode_body,
 };
+use argus_coordinator::tsdb::mix::Rng;
+use argus_testkit::bench::{TempDir, env_usize};
 use argus_testkit::child::ChildGuard;
 use argus_testkit::http::{self, Response, encode_component};
 use argus_testkit::proc;
@@ -183,12 +185,12 @@ fn main() -> Result<()> {
         println!("prometheus: skipped (ARGUS_BENCH_ONLY=argus)");
         None
     } else {
-        let blocks = backfill(&promtool_bin, &data, &work.0)?;
-        let server = Server::start_prometheus(&prometheus_bin, &work.0, &blocks)?;
+        let blocks = backfill(&promtool_bin, &data, work.path())?;
+        let server = Server::start_prometheus(&prometheus_bin, work.path(), &blocks)?;
         Some((server, Instant::now()))
     };
 
-    let mut argus = Server::start_argus(&argus_bin, &work.0)?;
+    let mut argus = Server::start_argus(&argus_bin, work.path())?;
     let t = Instant::now();
     let requests = data.write_requests()?;
     let bytes: usize = requests.iter().map(Vec::len).sum();
@@ -314,7 +316,7 @@ fn main() -> Result<()> {
         s.stop();
     }
     if env_usize("ARGUS_BENCH_KEEP", 0) != 0 {
-        println!("data kept in {}", work.0.display());
+        println!("data kept in {}", work.path().display());
         std::mem::forget(work);
     }
     Ok(())
@@ -332,24 +334,6 @@ struct Series {
 
 struct Data {
     series: Vec<Series>,
-}
-
-/// splitmix64: small, fast and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// A host's scrape phase: between 0.5 and 14.5 s after the 15 s grid, never on it.
@@ -370,7 +354,7 @@ impl Data {
     fn generate(end_ms: i64) -> Data {
         let ticks = (SPAN_MS / INTERVAL_MS) as usize;
         let first = |host: usize| end_ms - SPAN_MS + phase_ms(host);
-        let mut rng = Rng(SEED);
+        let mut rng = Rng::new(SEED);
         let mut series = Vec::new();
         for host in 0..NODE_HOSTS {
             let instance = format!("node-{host:02}:9100");
@@ -378,7 +362,7 @@ impl Data {
                 let cpu_name = cpu.to_string();
                 for (mode, share) in MODES {
                     // Centiseconds since boot, as /proc/stat counts them.
-                    let mut cs = rng.next() % 100_000_000;
+                    let mut cs = rng.next_u64() % 100_000_000;
                     let samples = (0..ticks)
                         .map(|j| {
                             if host == REBOOTED_HOST && j == ticks / 2 {
@@ -896,29 +880,5 @@ fn median(v: &[f64]) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-/// A directory removed when the bench ends, however it ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -64,6 +64,7 @@ use argus_coordinator::tsdb::chunk;
 use argus_coordinator::tsdb::mix::{self, SeriesSpec, Shape};
 use argus_coordinator::tsdb::store::{Store, StoreConfig};
 use argus_coordinator::tsdb::tier::Tiers;
+use argus_testkit::bench::{TempDir, env_usize};
 use argus_testkit::proc;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -137,7 +138,7 @@ fn main() -> Result<()> {
     let mut runs = Vec::new();
     if only != "vm" {
         println!("\n--- argus serve ---");
-        let dir = work.0.join("argus");
+        let dir = work.path().join("argus");
         runs.push((
             "argus",
             run_argus(&argus_bin, &dir, &requests, strace_mode >= 2)?,
@@ -145,7 +146,7 @@ fn main() -> Result<()> {
     }
     if only != "argus" {
         println!("\n--- victoria-metrics ---");
-        let dir = work.0.join("vm");
+        let dir = work.path().join("vm");
         runs.push((
             "victoria-metrics",
             run_vm(&dir, &requests, strace_mode >= 1)?,
@@ -155,7 +156,7 @@ fn main() -> Result<()> {
     let runs: Vec<(&str, &RunResult)> = runs.iter().map(|(n, r)| (*n, r)).collect();
     report(&load, senders, batch, &runs);
     if env_usize("ARGUS_BENCH_KEEP", 0) != 0 {
-        println!("data kept in {}", work.0.display());
+        println!("data kept in {}", work.path().display());
         std::mem::forget(work);
     }
     Ok(())
@@ -1498,28 +1499,4 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-/// A directory removed when the bench ends, however it ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

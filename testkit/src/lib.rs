@@ -2,9 +2,11 @@
 //!
 //! - [`docker`]: a test image built from Debian's busybox-static (no registry can be
 //!   reached), and containers that are removed however the test ends.
+//! - [`bench`]: environment knobs and a self-removing directory for benchmarks.
 //! - [`proc`]: CPU and memory of processes, for benchmarks.
 //! - [`promtool`]: the real promtool validating our exposition output.
 
+pub mod bench;
 pub mod build;
 pub mod child;
 pub mod docker;
