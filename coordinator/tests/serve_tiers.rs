@@ -271,6 +271,14 @@ fn gens_of(name: &str) -> Vec<Gen> {
         .collect()
 }
 
+/// The generator of the answered series `labels` of `name`.
+fn gen_for(name: &str, labels: &Labels) -> Gen {
+    gens_of(name)
+        .into_iter()
+        .find(|g| labels.get("instance") == Some(g.instance()))
+        .expect("an answered series was generated")
+}
+
 /// Evaluates `f(metric[range])` at `t` and checks every series against the samples, and
 /// that the answer names `tier` and has no warnings.
 fn check_instant(sim: &Sim, f: &str, metric: &str, range_ms: i64, range: &str, t: i64, tier: &str) {
@@ -377,10 +385,7 @@ fn old_ranges_are_answered_from_the_argus_default_tiers() {
     };
     assert_eq!(got.len(), 2);
     for s in &got {
-        let g = gens_of("sim_requests_total")
-            .into_iter()
-            .find(|g| s.labels.get("instance") == Some(g.instance()))
-            .unwrap();
+        let g = gen_for("sim_requests_total", &s.labels);
         assert_eq!(s.samples.len() as i64, (end - start) / step + 1);
         for &(t, v) in &s.samples {
             let want = expected("rate", sim.samples(g), t - HOUR, t).unwrap();
@@ -407,10 +412,7 @@ fn old_ranges_are_answered_from_the_argus_default_tiers() {
     };
     let raw_from = T_END - DAY + HOUR;
     for s in &got {
-        let g = gens_of("sim_temperature_celsius")
-            .into_iter()
-            .find(|g| s.labels.get("instance") == Some(g.instance()))
-            .unwrap();
+        let g = gen_for("sim_temperature_celsius", &s.labels);
         assert_eq!(s.samples.len() as i64, (end - start) / step + 1);
         for &(t, v) in &s.samples {
             let want = if t < raw_from {
@@ -461,10 +463,7 @@ fn old_ranges_are_answered_from_the_product_document_tiers() {
     };
     assert_eq!(got.len(), 2);
     for s in &got {
-        let g = gens_of("sim_requests_total")
-            .into_iter()
-            .find(|g| s.labels.get("instance") == Some(g.instance()))
-            .unwrap();
+        let g = gen_for("sim_requests_total", &s.labels);
         // The hourly windows inside (t - 1d, t]: 23 hours.
         let (a, b) = (t - 7 * MIN - DAY + HOUR, t - 7 * MIN);
         assert_close(

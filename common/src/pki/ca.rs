@@ -163,22 +163,18 @@ impl NodeKey {
     /// A CSR for this key. It carries no names and no extensions: the issuer decides
     /// every name in the certificate, so there is nothing to ask for.
     pub fn csr_der(&self) -> Result<CertificateSigningRequestDer<'static>, PkiError> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "argus node key");
-        params
-            .serialize_request(&self.0)
-            .map(|csr| csr.der().clone())
-            .map_err(|source| PkiError::Rcgen {
-                what: "create a CSR",
-                source,
-            })
+        Ok(self.csr()?.der().clone())
     }
 
     /// The CSR in PEM (`CERTIFICATE REQUEST`).
     pub fn csr_pem(&self) -> Result<String, PkiError> {
+        self.csr()?.pem().map_err(|source| PkiError::Rcgen {
+            what: "create a CSR",
+            source,
+        })
+    }
+
+    fn csr(&self) -> Result<rcgen::CertificateSigningRequest, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
@@ -186,7 +182,6 @@ impl NodeKey {
             .push(DnType::CommonName, "argus node key");
         params
             .serialize_request(&self.0)
-            .and_then(|csr| csr.pem())
             .map_err(|source| PkiError::Rcgen {
                 what: "create a CSR",
                 source,

@@ -197,24 +197,30 @@ pub(crate) fn eval_call_series(
 }
 
 /// One of [`RANGE_FUNCTIONS`] over evaluated arguments.
+/// Argument `i` of function `name` as a range vector, or an error saying it is not one.
+fn matrix_arg<'a>(name: &str, args: &'a [Value], i: usize) -> Result<&'a MatrixArg, QueryError> {
+    match args.get(i) {
+        Some(Value::Matrix(m)) => Ok(m),
+        _ => Err(QueryError::exec(format!("{name}: expected a range vector"))),
+    }
+}
+
+/// Argument `i` of function `name` as a scalar's per-step values.
+fn scalar_arg(name: &str, args: &[Value], i: usize) -> Result<Vec<f64>, QueryError> {
+    match args.get(i) {
+        Some(Value::Scalar(v)) => Ok(v.clone()),
+        _ => Err(QueryError::exec(format!("{name}: expected a scalar"))),
+    }
+}
+
 fn range_function(
     name: &str,
     args: &[Value],
     times: &[i64],
 ) -> Result<Vec<SeriesSteps>, QueryError> {
     let n = times.len();
-    let matrix = |i: usize| -> Result<&MatrixArg, QueryError> {
-        match args.get(i) {
-            Some(Value::Matrix(m)) => Ok(m),
-            _ => Err(QueryError::exec(format!("{name}: expected a range vector"))),
-        }
-    };
-    let scalars = |i: usize| -> Result<Vec<f64>, QueryError> {
-        match args.get(i) {
-            Some(Value::Scalar(v)) => Ok(v.clone()),
-            _ => Err(QueryError::exec(format!("{name}: expected a scalar"))),
-        }
-    };
+    let matrix = |i: usize| matrix_arg(name, args, i);
+    let scalars = |i: usize| scalar_arg(name, args, i);
     Ok(match name {
         "rate" | "increase" | "delta" => {
             let m = matrix(0)?;
@@ -804,18 +810,8 @@ pub(crate) fn eval_call(
         args.push(ev.eval(a, r)?);
     }
     let arg_expr = |i: usize| c.args.args.get(i).map(|b| b.as_ref());
-    let matrix = |i: usize| -> Result<&MatrixArg, QueryError> {
-        match args.get(i) {
-            Some(Value::Matrix(m)) => Ok(m),
-            _ => Err(QueryError::exec(format!("{name}: expected a range vector"))),
-        }
-    };
-    let scalars = |i: usize| -> Result<Vec<f64>, QueryError> {
-        match args.get(i) {
-            Some(Value::Scalar(v)) => Ok(v.clone()),
-            _ => Err(QueryError::exec(format!("{name}: expected a scalar"))),
-        }
-    };
+    let matrix = |i: usize| matrix_arg(name, &args, i);
+    let scalars = |i: usize| scalar_arg(name, &args, i);
     let map_vec = |v: Vec<Vec<Sample>>, f: &dyn Fn(f64, usize) -> f64| -> Value {
         Value::Vector(
             v.into_iter()

@@ -344,6 +344,25 @@ mod tests {
         .unwrap()
     }
 
+    /// Applies `entry` as the committed entry `index` stamped with leader time `t`.
+    fn apply_at(
+        r: &mut Replica,
+        index: u64,
+        t: i64,
+        entry: &Entry,
+    ) -> Result<Outcome, ReplicaError> {
+        let payload = entry.encode();
+        let kind = EntryKind::Proposal(Proposal {
+            time_ms: t,
+            payload: &payload,
+        });
+        r.apply(CommittedEntry {
+            index,
+            term: 1,
+            kind,
+        })
+    }
+
     fn push(r: &mut Replica, index: u64, t: i64) {
         let entry = Entry::Push {
             items: PushedItem::encode(
@@ -354,17 +373,8 @@ mod tests {
                 &[(t, 1.0)],
             ),
             metadata: vec![],
-        }
-        .encode();
-        let kind = EntryKind::Proposal(Proposal {
-            time_ms: t,
-            payload: &entry,
-        });
-        let out = r.apply(CommittedEntry {
-            index,
-            term: 1,
-            kind,
-        });
+        };
+        let out = apply_at(r, index, t, &entry);
         assert_eq!(out.unwrap().accepted, 1);
     }
 
@@ -377,17 +387,8 @@ mod tests {
             host: None,
             role: crate::fleet::tokens::TokenRole::Agent,
             created_by: "admin".into(),
-        }
-        .encode();
-        let kind = EntryKind::Proposal(Proposal {
-            time_ms: t,
-            payload: &entry,
-        });
-        let out = r.apply(CommittedEntry {
-            index,
-            term: 1,
-            kind,
-        });
+        };
+        let out = apply_at(r, index, t, &entry);
         assert_eq!(
             out.unwrap().fleet,
             Some(Ok(crate::fleet::tokens::TokenApplied::Created))
