@@ -10,10 +10,12 @@
 //! - [`token_api`]: JSON shapes of `/api/tokens`.
 //! - [`cli_config`]: where the admin commands find the coordinator and their token.
 //! - [`admin_client`]: the admin commands' HTTP client.
+//! - [`gate`]: what the agent QUIC listener asks the fleet (enroll, renew, admit).
 
 pub mod admin_client;
 pub mod admin_token;
 pub mod cli_config;
+pub mod gate;
 pub mod cluster_files;
 pub mod state;
 pub mod token_api;
