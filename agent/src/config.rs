@@ -31,6 +31,7 @@ pub struct AgentConfig {
     pub spool: SpoolSection,
     pub limits: LimitsSection,
     pub metrics: MetricsSection,
+    pub uplink: UplinkSection,
     #[serde(rename = "probe")]
     pub probes: Vec<ProbeConfig>,
 }
@@ -233,6 +234,41 @@ impl Default for MetricsSection {
     }
 }
 
+/// `[uplink]`: how the agent reaches the coordinators (DESIGN §6).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UplinkSection {
+    /// Coordinator addresses (`host:port`, 3006/udp). Empty (the default): the addresses
+    /// of the join string the agent enrolled with.
+    pub coordinators: Vec<String>,
+    /// A join string (`argus-join:v1:...`) `run` enrolls with when the state directory
+    /// holds no identity yet. Empty (the default): enroll with `argus-agent join`.
+    pub join_token: String,
+    /// Batches sent and not yet answered, at most. Default 32; at most 1024 (the
+    /// coordinator's deduplication window).
+    pub in_flight: usize,
+    /// First reconnect delay; doubles per failed attempt, with jitter. Default 200ms.
+    pub backoff_min: HumanDuration,
+    /// Longest reconnect delay. Default 5s.
+    pub backoff_max: HumanDuration,
+    /// A heartbeat is sent when nothing else was sent for this long, so the coordinator
+    /// knows the agent is up. Default 5s (the coordinator's timeout is 15 s).
+    pub heartbeat: HumanDuration,
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        UplinkSection {
+            coordinators: Vec::new(),
+            join_token: String::new(),
+            in_flight: 32,
+            backoff_min: HumanDuration(Duration::from_millis(200)),
+            backoff_max: secs(5),
+            heartbeat: secs(5),
+        }
+    }
+}
+
 /// One `[[probe]]`: an HTTP check when `url` is set, a TCP connect when `address` is.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -347,6 +383,50 @@ impl ProbeConfig {
     }
 }
 
+impl UplinkSection {
+    fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        if !(1..=1024).contains(&self.in_flight) {
+            bad(
+                "uplink.in_flight",
+                format!("{} is outside 1..1024", self.in_flight),
+            );
+        }
+        let (lo, hi) = (self.backoff_min.0, self.backoff_max.0);
+        if lo.is_zero() || lo > Duration::from_secs(60) {
+            bad(
+                "uplink.backoff_min",
+                format!("{} is outside 1ms..60s", self.backoff_min),
+            );
+        }
+        if hi < lo || hi > Duration::from_secs(300) {
+            bad(
+                "uplink.backoff_max",
+                format!(
+                    "{} must be at least uplink.backoff_min ({}) and at most 5m",
+                    self.backoff_max, self.backoff_min
+                ),
+            );
+        }
+        let hb = self.heartbeat.0;
+        if hb < Duration::from_millis(100) || hb > Duration::from_secs(60) {
+            bad(
+                "uplink.heartbeat",
+                format!("{} is outside 100ms..60s", self.heartbeat),
+            );
+        }
+        if !self.join_token.is_empty()
+            && let Err(e) = argus_common::pki::JoinString::parse(&self.join_token)
+        {
+            bad("uplink.join_token", e.to_string());
+        }
+        for (i, c) in self.coordinators.iter().enumerate() {
+            if let Err(e) = argus_common::pki::JoinAddr::parse(c) {
+                bad(&format!("uplink.coordinators[{i}]"), e.to_string());
+            }
+        }
+    }
+}
+
 impl AgentConfig {
     /// Reads and validates a config file, applying `ARGUS_<SECTION>_<KEY>` overrides from `env`.
     ///
@@ -423,6 +503,7 @@ impl AgentConfig {
         {
             bad("limits", "limits must be greater than zero".into());
         }
+        self.uplink.validate(&mut bad);
         let mut names = HashSet::new();
         let mut keep = Vec::with_capacity(self.probes.len());
         for (i, p) in std::mem::take(&mut self.probes).into_iter().enumerate() {
@@ -489,6 +570,7 @@ const ENV_SECTIONS: EnvSections<'static> = EnvSections {
         "spool",
         "limits",
         "metrics",
+        "uplink",
     ],
     file_only: &["probe"],
 };
@@ -626,6 +708,36 @@ expect_status = "600"
         assert_eq!(cfg.spool.max_bytes, 32 << 20);
         assert_eq!(cfg.agent.name, "web-1");
         assert_eq!(cfg.spool.fsync, FsyncSetting::EveryBatch);
+    }
+
+    #[test]
+    fn uplink_keys_are_checked_and_named() {
+        let (cfg, p) = load(
+            "[uplink]\nin_flight = 0\nbackoff_min = \"2s\"\nbackoff_max = \"1s\"\njoin_token = \"nope\"\ncoordinators = [\"10.0.0.1:3006\", \"no-port\"]\n",
+        );
+        assert!(cfg.is_some());
+        let keys: Vec<String> = p
+            .errors
+            .iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                "uplink.in_flight",
+                "uplink.backoff_max",
+                "uplink.join_token",
+                "uplink.coordinators[1]"
+            ]
+        );
+        let (cfg, p) = load("");
+        assert!(p.is_empty());
+        let u = cfg.unwrap().uplink;
+        assert_eq!(u.in_flight, 32);
+        assert_eq!(u.backoff_max.0, Duration::from_secs(5));
     }
 
     #[test]

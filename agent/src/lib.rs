@@ -6,6 +6,7 @@
 //! - [`spool`]: the on-disk bounded queue batches wait in until acknowledged.
 //! - [`exposition`]: the Prometheus text format and JSON renderings.
 //! - [`runner`] and [`serve`]: the `run` and `serve-metrics` commands.
+//! - [`uplink`]: enrollment and the QUIC session that drains the spool.
 //! - [`config`]: the agent's TOML config file.
 
 pub mod collect;
@@ -17,3 +18,4 @@ pub mod series;
 pub mod serve;
 pub mod spool;
 pub mod tls;
+pub mod uplink;

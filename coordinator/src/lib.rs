@@ -7,6 +7,7 @@
 //! - [`state`]: the replicated state machine and its versioned entry kinds.
 //! - [`tsdb`]: series index, compressed chunks, tiers and retention.
 //! - [`fleet`]: cluster init (CA, node certificate, admin token), join tokens.
+//! - [`ingest`]: the agent QUIC listener: enrollment, data sessions, `up`.
 //! - [`api`]: HTTP endpoints (remote write, federation, series metadata).
 //! - [`server`]: `argus serve`: one node assembled from all of the above.
 //! - [`config`]: the coordinator config file, `argus.toml`.
@@ -15,6 +16,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod fleet;
+pub mod ingest;
 pub mod query;
 pub mod server;
 pub mod state;
