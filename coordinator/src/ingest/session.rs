@@ -247,9 +247,16 @@ impl<G: FleetGate> Session<G> {
             );
             return Err(self.refuse("id_mismatch", reason).await);
         }
-        let (highest_applied_seq, highest_series_ref) = match self.ctx.node.state.read() {
-            Ok(st) => st.agent_progress(&self.adm.agent_id, self.hello.incarnation),
-            Err(_) => return Err(self.refuse("internal", "state unavailable".into()).await),
+        // The read guard must be gone before `refuse` borrows `self` mutably.
+        let progress = self
+            .ctx
+            .node
+            .state
+            .read()
+            .ok()
+            .map(|st| st.agent_progress(&self.adm.agent_id, self.hello.incarnation));
+        let Some((highest_applied_seq, highest_series_ref)) = progress else {
+            return Err(self.refuse("internal", "state unavailable".into()).await);
         };
         self.write(&Message::HelloOk(HelloOk {
             version,
