@@ -2,6 +2,7 @@
 //! `deploy/argus.example.toml`; `ARGUS_<SECTION>_<KEY>` overrides; errors name the file,
 //! the key and what was expected (DESIGN §5).
 
+use crate::fleet::api_tokens::ApiRole;
 use crate::query::source::QueryLimits;
 use crate::server::ServeConfig;
 use crate::state::machine::Limits;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ENV_SECTIONS: EnvSections<'static> = EnvSections {
-    sections: &["serve", "limits", "tsdb", "query"],
+    sections: &["serve", "limits", "tsdb", "query", "api", "audit"],
     file_only: &["tier"],
 };
 
@@ -26,6 +27,8 @@ pub struct CoordinatorConfig {
     pub limits: LimitsSection,
     pub tsdb: TsdbSection,
     pub query: QuerySection,
+    pub api: ApiSection,
+    pub audit: AuditSection,
     /// Empty: Argus's defaults (raw 24 h, 5 m for 30 d, 1 h for a year).
     #[serde(rename = "tier")]
     pub tiers: Vec<TierSection>,
@@ -132,6 +135,36 @@ impl Default for QuerySection {
     }
 }
 
+/// `[api]`: who may call the HTTP API without a bearer token.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ApiSection {
+    /// Roles (`viewer`, `operator`, `ingest`; `[]` for none) granted to requests without
+    /// a bearer token. Unset: viewer and ingest on a loopback listen address (ingest
+    /// only without `serve.write_token`), none elsewhere.
+    pub anonymous_roles: Option<Vec<String>>,
+    /// Must be true for `anonymous_roles` to grant anything on a non-loopback address.
+    pub anonymous_beyond_loopback: bool,
+}
+
+/// `[audit]`: the replicated audit log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuditSection {
+    /// Records older than this are dropped (counted) as new ones are logged.
+    pub retention: HumanDuration,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            retention: HumanDuration(Duration::from_millis(
+                crate::fleet::audit::DEFAULT_RETENTION_MS as u64,
+            )),
+        }
+    }
+}
+
 /// One `[[tier]]`: the first is raw (no `step`), each later one aggregates.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +213,31 @@ impl CoordinatorConfig {
                 .map_err(|e| ("serve.advertise".to_string(), format!("{a:?}: {e}")))?;
         }
         s.advertise = self.serve.advertise.clone();
+        if let Some(names) = &self.api.anonymous_roles {
+            let mut roles = Vec::new();
+            for n in names {
+                let role = ApiRole::parse(n).ok_or_else(|| {
+                    (
+                        "api.anonymous_roles".to_string(),
+                        format!("{n:?} is not a role (viewer, operator, ingest)"),
+                    )
+                })?;
+                if !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+            s.anonymous_roles = Some(roles);
+        }
+        s.anonymous_beyond_loopback = self.api.anonymous_beyond_loopback;
+        if let Some(roles) = &s.anonymous_roles {
+            crate::api::auth::check_anonymous(roles, s.listen, s.anonymous_beyond_loopback)
+                .map_err(|e| ("api.anonymous_roles".to_string(), e.to_string()))?;
+        }
+        let retention = self.audit.retention.0;
+        if retention.is_zero() {
+            return Err(("audit.retention".into(), "must be greater than zero".into()));
+        }
+        s.audit_retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_labels", l.max_labels),
@@ -264,6 +322,42 @@ mod tests {
         let (cfg, problems) = CoordinatorConfig::load(&example, Vec::new());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(cfg.unwrap(), CoordinatorConfig::default());
+    }
+
+    #[test]
+    fn anonymous_access_and_audit_retention_are_checked_by_key() {
+        let (cfg, _) =
+            load("[api]\nanonymous_roles = [\"viewer\"]\n[audit]\nretention = \"24h\"\n");
+        let s = cfg.unwrap().to_serve().unwrap();
+        assert_eq!(s.anonymous_roles, Some(vec![ApiRole::Viewer]));
+        assert_eq!(s.audit_retention_ms, 86_400_000);
+        let cases = [
+            (
+                "[api]\nanonymous_roles = [\"root\"]\n",
+                "api.anonymous_roles",
+            ),
+            (
+                "[api]\nanonymous_roles = [\"admin\"]\n",
+                "api.anonymous_roles",
+            ),
+            (
+                "[serve]\nlisten = \"0.0.0.0:3006\"\n[api]\nanonymous_roles = [\"viewer\"]\n",
+                "api.anonymous_roles",
+            ),
+            ("[audit]\nretention = \"0s\"\n", "audit.retention"),
+        ];
+        for (text, key) in cases {
+            let (cfg, problems) = load(text);
+            assert!(cfg.is_none(), "{text}");
+            assert!(
+                format!("{problems:?}").contains(key),
+                "{text}: {problems:?}"
+            );
+        }
+        let (cfg, _) = load(
+            "[serve]\nlisten = \"0.0.0.0:3006\"\n[api]\nanonymous_roles = [\"viewer\"]\nanonymous_beyond_loopback = true\n",
+        );
+        assert!(cfg.is_some(), "explicitly allowed beyond loopback");
     }
 
     #[test]

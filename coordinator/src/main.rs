@@ -4,6 +4,7 @@ use anyhow::bail;
 use anyhow::{Context, Result};
 use argus_coordinator::config::CoordinatorConfig;
 use argus_coordinator::fleet::admin_client::AdminClient;
+use argus_coordinator::fleet::api_tokens::CreateApiTokenRequest;
 use argus_coordinator::fleet::cli_config::CliConfig;
 use argus_coordinator::fleet::cluster_files;
 use argus_coordinator::fleet::token_api::CreateTokenRequest;
@@ -54,6 +55,9 @@ enum Command {
     /// Join tokens that let agents enroll.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// API tokens with roles (viewer < operator < admin; ingest may only remote-write).
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +128,38 @@ enum TokenCommand {
         client: ClientArgs,
     },
     /// Revoke a join token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Mint an API token and print it (shown only this once).
+    Create {
+        /// viewer, operator, admin or ingest.
+        #[arg(long)]
+        role: String,
+        /// A name to recognize it by in listings and the audit log.
+        #[arg(long)]
+        name: Option<String>,
+        /// Time to live (30m, 720h, ...); without it the token does not expire.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List API tokens (never their secrets).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke an API token by id.
     Revoke {
         id: String,
         #[command(flatten)]
@@ -209,6 +245,7 @@ fn main() -> Result<()> {
                 cluster_init(&cfg)
             }
             Command::Token(cmd) => token_command(cmd).await,
+            Command::ApiToken(cmd) => api_token_command(cmd).await,
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
     })
@@ -269,6 +306,65 @@ fn client(args: ClientArgs) -> Result<AdminClient> {
     let files = CliConfig::candidates(args.cli_config.as_deref(), &args.data_dir, home.as_deref());
     let cfg = CliConfig::resolve(args.url, args.token, &files)?;
     Ok(AdminClient::new(&cfg)?)
+}
+
+async fn api_token_command(cmd: ApiTokenCommand) -> Result<()> {
+    match cmd {
+        ApiTokenCommand::Create {
+            role,
+            name,
+            ttl,
+            client: c,
+        } => {
+            let created = client(c)?
+                .create_api_token(&CreateApiTokenRequest { role, name, ttl })
+                .await?;
+            eprintln!(
+                "API token {} (role {}{}, {}); the token below is shown only once:",
+                created.id,
+                created.role,
+                if created.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(", name {}", created.name)
+                },
+                created.expires_ms.map_or_else(
+                    || "does not expire".to_string(),
+                    |e| format!("expires {}", when(e))
+                )
+            );
+            println!("{}", created.token);
+            Ok(())
+        }
+        ApiTokenCommand::List { json, client: c } => {
+            let tokens = client(c)?.list_api_tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  NAME",
+                "ID", "ROLE", "STATUS", "EXPIRES (UTC)", "CREATED BY"
+            );
+            for t in tokens {
+                println!(
+                    "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  {}",
+                    t.id,
+                    t.role,
+                    t.status,
+                    t.expires_ms.map_or_else(|| "never".to_string(), when),
+                    t.created_by,
+                    if t.name.is_empty() { "-" } else { &t.name }
+                );
+            }
+            Ok(())
+        }
+        ApiTokenCommand::Revoke { id, client: c } => {
+            let t = client(c)?.revoke_api_token(&id).await?;
+            println!("API token {} revoked", t.id);
+            Ok(())
+        }
+    }
 }
 
 async fn token_command(cmd: TokenCommand) -> Result<()> {

@@ -4,10 +4,14 @@
 //! the replica that applies entries, the node's threads, and the axum router. Writes
 //! are answered only once their entry is committed and applied (DESIGN §2).
 
-use crate::api::http::{AppState, HttpCounters, TokenApi, router};
+use crate::api::auth::{self, AuthConfig};
+use crate::api::http::{Access, AppState, HttpCounters, TokenApi, router};
 use crate::api::query::QueryService;
 use crate::cluster::log_migration::open_migrating;
 use crate::cluster::{NoPeers, NodeConfig, NodeHandle, RaftNode, spawn};
+use crate::fleet::admin_token::AdminTokenHash;
+use crate::fleet::api_tokens::ApiRole;
+use crate::fleet::audit::AuditSink;
 use crate::fleet::cluster_files::{self, ClusterFilesError, InitSpec};
 use crate::query::source::QueryLimits;
 use crate::state::checkpoint_file::CheckpointFile;
@@ -29,8 +33,15 @@ const OLD_LOG_DIR: &str = "raft";
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Required to listen anywhere but loopback until API tokens exist (fleet issue).
+    /// A shared bearer token for `/api/v1/write` (role ingest), besides API tokens.
     pub write_token: Option<String>,
+    /// Roles of requests without a bearer token; `None`: the default for the listen
+    /// address ([`crate::api::auth::default_anonymous`]).
+    pub anonymous_roles: Option<Vec<ApiRole>>,
+    /// Allows `anonymous_roles` to grant anything on a non-loopback address.
+    pub anonymous_beyond_loopback: bool,
+    /// Retention of the audit log, carried by every `Audit` entry this node proposes.
+    pub audit_retention_ms: i64,
     /// Largest compressed remote-write body; larger ones get 413.
     pub max_body_bytes: usize,
     pub tick: Duration,
@@ -50,6 +61,9 @@ impl ServeConfig {
             data_dir,
             listen,
             write_token: None,
+            anonymous_roles: None,
+            anonymous_beyond_loopback: false,
+            audit_retention_ms: crate::fleet::audit::DEFAULT_RETENTION_MS,
             max_body_bytes: 16 << 20,
             tick: Duration::from_millis(100),
             replica: ReplicaConfig::default(),
@@ -72,10 +86,8 @@ impl ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error(
-        "refusing to listen on {0} without --write-token: until API tokens exist, `argus serve` accepts unauthenticated writes only on loopback"
-    )]
-    Unauthenticated(SocketAddr),
+    #[error("refusing to start: {0}")]
+    Anonymous(#[from] crate::api::auth::AnonymousError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -173,11 +185,56 @@ async fn retention_duty(
     }
 }
 
+/// How often the audit sink's aggregated records are proposed.
+const AUDIT_FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// Flushes the [`AuditSink`] (aggregated refusals, records that could not be logged at
+/// once) into the log every [`AUDIT_FLUSH_EVERY`], and once more at shutdown. Any node
+/// may propose; a follower's proposal fails and the records wait for the next flush,
+/// bounded by the sink.
+async fn audit_duty(
+    proposer: crate::cluster::Proposer<Outcome>,
+    sink: AuditSink,
+    retention_ms: i64,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(AUDIT_FLUSH_EVERY);
+    loop {
+        let stopping = tokio::select! {
+            _ = every.tick() => false,
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        for records in sink.drain() {
+            let entry = crate::state::entry::Entry::Audit {
+                records: records.clone(),
+                retention_ms,
+            };
+            let logged = match proposer.propose(wall_ms(), &entry.encode()) {
+                Ok(receipt) => receipt.outcome().await.is_ok(),
+                Err(e) => {
+                    tracing::debug!("audit records not proposed: {e}");
+                    false
+                }
+            };
+            if !logged && !stopping {
+                for r in records {
+                    sink.record(r);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Opens the data directory, starts the node and binds the HTTP listener.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
-    if cfg.write_token.is_none() && !cfg.listen.ip().is_loopback() {
-        return Err(ServeError::Unauthenticated(cfg.listen));
-    }
+    let anonymous = match &cfg.anonymous_roles {
+        Some(roles) => roles.clone(),
+        None => auth::default_anonymous(cfg.listen.ip().is_loopback(), cfg.write_token.is_some()),
+    };
+    auth::check_anonymous(&anonymous, cfg.listen, cfg.anonymous_beyond_loopback)?;
     let dir_err = |path: &PathBuf| {
         let path = path.clone();
         move |source| ServeError::DataDir { path, source }
@@ -210,13 +267,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     );
     let parts = RaftNode::build(NodeConfig::default(), log, NoPeers, replica)?;
     let node = spawn(parts, cfg.tick).map_err(ServeError::Threads)?;
+    // Refusals (and failed enrollments) are audited through this sink, which merges
+    // repeats per source and minute; audit_duty flushes it into the log.
+    let audit_sink = AuditSink::default();
     let app = AppState {
         proposer: node.proposer().clone(),
         stats: node.stats().clone(),
         state,
         store,
         counters: Arc::new(HttpCounters::default()),
-        write_token: cfg.write_token.clone(),
         limits: Default::default(),
         started: std::time::Instant::now(),
         query: QueryService::new(cfg.query),
@@ -225,6 +284,15 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             ca_pin: cluster.ca_pin,
             advertise: spec.advertise,
         }),
+        access: Arc::new(Access::new(
+            AuthConfig {
+                admin_token_hash: Some(cluster.admin_token_hash),
+                write_token_hash: cfg.write_token.as_deref().map(AdminTokenHash::of),
+                anonymous,
+            },
+            audit_sink.clone(),
+            cfg.audit_retention_ms,
+        )),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -243,7 +311,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         cfg.tiers.clone(),
         stop.subscribe(),
     ));
-    let service = router(app, cfg.max_body_bytes);
+    tokio::spawn(audit_duty(
+        node.proposer().clone(),
+        audit_sink.clone(),
+        cfg.audit_retention_ms,
+        stop.subscribe(),
+    ));
+    let service =
+        router(app, cfg.max_body_bytes).into_make_service_with_connect_info::<SocketAddr>();
     let http = tokio::spawn(async move {
         axum::serve(listener, service)
             .with_graceful_shutdown(async move {

@@ -285,11 +285,16 @@ fn listening_beyond_loopback_needs_a_write_token() {
     let dir = tempfile::tempdir().unwrap();
     let port = http::free_port().unwrap();
 
-    // Without a token: refuses to start, and says why.
+    // Anonymous access beyond loopback without saying so explicitly: refuses to start,
+    // and says why.
+    let refused_config = dir.path().join("refused.toml");
+    std::fs::write(&refused_config, "[api]\nanonymous_roles = [\"ingest\"]\n").unwrap();
     let out = std::process::Command::new(common::BIN)
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path().join("open"))
+        .arg("--config")
+        .arg(&refused_config)
         .arg("--listen")
         .arg(format!("0.0.0.0:{port}"))
         .env_remove("ARGUS_SERVE_WRITE_TOKEN")
@@ -298,11 +303,18 @@ fn listening_beyond_loopback_needs_a_write_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must exit non-zero: {stderr}");
     assert!(
-        stderr.contains("--write-token") && stderr.contains("0.0.0.0"),
+        stderr.contains("anonymous_beyond_loopback") && stderr.contains("0.0.0.0"),
         "names the address and the way out: {stderr}"
     );
 
-    // With a token: serves, and writes need it.
+    // With a token (and anonymous reads allowed explicitly): serves, and writes need it.
+    let config = dir.path().join("argus.toml");
+    std::fs::write(
+        &config,
+        "[api]\nanonymous_roles = [\"viewer\"]\nanonymous_beyond_loopback = true\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
     let data = dir.path().join("token");
     let mut a = None;
     for _ in 0..5 {
@@ -310,7 +322,7 @@ fn listening_beyond_loopback_needs_a_write_token() {
         let mut candidate = Argus::spawn(
             &data,
             std::net::SocketAddr::from(([0, 0, 0, 0], port)),
-            &["--write-token", "s3cret"],
+            &["--write-token", "s3cret", "--config", config],
         )
         .unwrap();
         match candidate.wait_ready() {

@@ -1,7 +1,13 @@
 //! The node's HTTP endpoints: Prometheus remote write and federation, series
 //! metadata, its own metrics, liveness and readiness; join tokens in [`tokens`].
 
+mod api_tokens;
+mod audit;
+mod guard;
+mod host_metrics;
+mod services;
 mod tokens;
+pub use guard::{Access, AuditNote, needed_role};
 pub use tokens::TokenApi;
 
 use super::exposition::{self, FederatedSample};
@@ -54,13 +60,14 @@ pub struct AppState {
     pub state: SharedState,
     pub store: Arc<Store>,
     pub counters: Arc<HttpCounters>,
-    pub write_token: Option<String>,
     pub limits: DecodeLimits,
     pub started: Instant,
     /// PromQL query limits and the slots bounding concurrent evaluations.
     pub query: QueryService,
     /// The admin token check, CA pin and advertised addresses of `/api/tokens`.
     pub tokens: Arc<TokenApi>,
+    /// Who may do what ([`guard`]), and the audit log's sink and retention.
+    pub access: Arc<Access>,
 }
 
 pub fn router(app: AppState, max_body: usize) -> Router {
@@ -87,6 +94,14 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/health", get(|| async { "OK\n" }))
         .route("/ready", get(ready))
         .merge(tokens::routes())
+        .merge(api_tokens::routes())
+        .merge(audit::routes())
+        .merge(services::routes())
+        .merge(host_metrics::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::guard,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }
@@ -133,17 +148,7 @@ async fn write(
             return plain(status, rejection.body_text());
         }
     };
-    if let Some(token) = &app.write_token {
-        let ok = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        if !ok {
-            app.counters.refuse("unauthorized", 1);
-            return plain(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        }
-    }
+    // The guard layer has checked the bearer token (role ingest or admin).
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let decoded = remote_write::check_content_type(
         h("content-type"),
@@ -251,10 +256,6 @@ fn propose_error(e: ProposeError) -> Response {
         }
         other => plain(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Query parameters, with repeated keys (`match[]`) kept in order.
@@ -608,6 +609,53 @@ async fn metrics(State(app): State<AppState>) -> Response {
             "counter",
             "Remote-write requests or samples refused before reaching the log, by reason.",
             &as_samples(&refused),
+        );
+    }
+    if let Ok(r) = app.access.denied.lock() {
+        let denied = by_reason(&r);
+        m(
+            "argus_http_requests_denied_total",
+            "counter",
+            "Requests refused by authentication (401) or authorization (403), by reason.",
+            &as_samples(&denied),
+        );
+    }
+    m(
+        "argus_audit_records_logged_total",
+        "counter",
+        "Audit records of actions this node proposed and saw applied.",
+        &[("", app.access.audited.load(Relaxed) as f64)],
+    );
+    m(
+        "argus_audit_records_deferred_total",
+        "counter",
+        "Audit records that could not be logged at once and were queued for the next flush.",
+        &[("", app.access.audit_deferred.load(Relaxed) as f64)],
+    );
+    m(
+        "argus_audit_sink_dropped_total",
+        "counter",
+        "Audited events dropped because too many distinct records were pending.",
+        &[("", app.access.audit.dropped() as f64)],
+    );
+    if let Ok(sm) = app.state.read() {
+        let audit = sm.fleet().audit();
+        let d = audit.drops();
+        m(
+            "argus_audit_records",
+            "gauge",
+            "Records in the replicated audit log.",
+            &[("", audit.len() as f64)],
+        );
+        m(
+            "argus_audit_records_dropped_total",
+            "counter",
+            "Audit records dropped from the replicated log, by reason.",
+            &[
+                ("{reason=\"expired\"}", d.expired as f64),
+                ("{reason=\"over_capacity\"}", d.over_capacity as f64),
+                ("{reason=\"over_entry_limit\"}", d.over_entry_limit as f64),
+            ],
         );
     }
     m(

@@ -9,8 +9,10 @@
 //! - [`selector`]: `match[]` series selectors (`name{a="b",c=~"d.*"}`).
 //! - [`prom_json`]: the Prometheus HTTP API JSON envelope and data shapes.
 //! - [`query`]: `/api/v1/query`, `/api/v1/query_range` and `/api/v1/query_exemplars`.
+//! - [`auth`]: bearer token to principal with a role, and the role each route needs.
 //! - `protowire`: the protobuf wire-format reader and writer under `remote_write`.
 
+pub mod auth;
 pub mod exposition;
 pub mod http;
 pub mod prom_json;

@@ -1,9 +1,11 @@
-//! The HTTP client of the admin commands (`argus token create|list|revoke`).
+//! The HTTP client of the admin commands (`argus token create|list|revoke`,
+//! `argus api-token create|list|revoke`).
 //!
 //! reqwest with rustls and no provider of its own: the binary installs ring at start
 //! (DESIGN §6). Answers are read up to a bound, and error bodies in the API's JSON
 //! envelope are turned back into their message.
 
+use super::api_tokens::{ApiTokenView, CreateApiTokenRequest, CreatedApiToken};
 use super::cli_config::CliConfig;
 use super::token_api::{CreateTokenRequest, CreatedToken, TokenView};
 use serde::de::DeserializeOwned;
@@ -79,6 +81,35 @@ impl AdminClient {
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenView, AdminClientError> {
         let url = format!("{}/api/tokens/{id}", self.base);
+        let rb = self.http.delete(&url);
+        self.send(url, rb).await
+    }
+
+    pub async fn create_api_token(
+        &self,
+        req: &CreateApiTokenRequest,
+    ) -> Result<CreatedApiToken, AdminClientError> {
+        let url = format!("{}/api/api-tokens", self.base);
+        let body = serde_json::to_vec(req).map_err(|e| AdminClientError::Decode {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let rb = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(url, rb).await
+    }
+
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenView>, AdminClientError> {
+        let url = format!("{}/api/api-tokens", self.base);
+        let rb = self.http.get(&url);
+        self.send(url, rb).await
+    }
+
+    pub async fn revoke_api_token(&self, id: &str) -> Result<ApiTokenView, AdminClientError> {
+        let url = format!("{}/api/api-tokens/{id}", self.base);
         let rb = self.http.delete(&url);
         self.send(url, rb).await
     }

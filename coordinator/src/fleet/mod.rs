@@ -10,13 +10,17 @@
 //! - [`token_api`]: JSON shapes of `/api/tokens`.
 //! - [`cli_config`]: where the admin commands find the coordinator and their token.
 //! - [`admin_client`]: the admin commands' HTTP client.
+//! - [`api_tokens`]: API tokens with roles, the replicated table.
+//! - [`audit`]: the replicated audit log and the sink that aggregates repeats.
 //! - [`gate`]: what the agent QUIC listener asks the fleet (enroll, renew, admit).
 
 pub mod admin_client;
 pub mod admin_token;
+pub mod api_tokens;
+pub mod audit;
 pub mod cli_config;
-pub mod gate;
 pub mod cluster_files;
+pub mod gate;
 pub mod state;
 pub mod token_api;
 pub mod tokens;

@@ -4,18 +4,21 @@
 //! Agents, issued certificate serials and revocations join the join tokens here as the
 //! enrollment items land; the checkpoint section is versioned so they can.
 
+use super::api_tokens::{ApiTokenRefusal, ApiTokens, NewApiToken};
+use super::audit::{AuditLog, AuditRecord};
 use super::tokens::{NewToken, TokenApplied, TokenRefusal, Tokens};
 use serde::{Deserialize, Serialize};
 
-/// Format version of the fleet's checkpoint section.
-const FLEET_VERSION: u8 = 1;
+/// Format version of the fleet's checkpoint section. Version 1 (tokens only) is still
+/// read, with an empty audit table.
+const FLEET_VERSION: u8 = 2;
 
 /// What a fleet entry did, for its proposer.
 pub type FleetOutcome = Result<TokenApplied, TokenRefusal>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetStateError {
-    #[error("fleet section has version {0}, this build reads {FLEET_VERSION}")]
+    #[error("fleet section has version {0}, this build reads 1 to {FLEET_VERSION}")]
     Version(u8),
     #[error("fleet section does not decode: {0}")]
     Decode(String),
@@ -27,11 +30,48 @@ pub enum FleetStateError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetState {
     tokens: Tokens,
+    /// The audit log (issue 5 item 7), its own bounded table.
+    audit: AuditLog,
+    /// API tokens with roles (issue 5 item 7).
+    api_tokens: ApiTokens,
+}
+
+/// The section as version 1 wrote it.
+#[derive(Deserialize)]
+struct FleetStateV1 {
+    tokens: Tokens,
 }
 
 impl FleetState {
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Applies an `Audit` entry at leader time `time_ms`.
+    pub fn append_audit(&mut self, records: &[AuditRecord], retention_ms: i64, time_ms: i64) {
+        self.audit.apply(records, retention_ms, time_ms);
+    }
+
+    pub fn api_tokens(&self) -> &ApiTokens {
+        &self.api_tokens
+    }
+
+    /// Applies `ApiTokenCreate`.
+    pub fn create_api_token(
+        &mut self,
+        new: &NewApiToken,
+        time_ms: i64,
+    ) -> Result<(), ApiTokenRefusal> {
+        self.api_tokens.create(new, time_ms)
+    }
+
+    /// Applies `ApiTokenRevoke`.
+    pub fn revoke_api_token(&mut self, id: &[u8; 8], time_ms: i64) -> Result<(), ApiTokenRefusal> {
+        self.api_tokens.revoke(id, time_ms)
     }
 
     pub fn create_token(&mut self, new: &NewToken, time_ms: i64) -> FleetOutcome {
@@ -67,10 +107,18 @@ impl FleetState {
         let Some((&version, body)) = bytes.split_first() else {
             return Ok(FleetState::default());
         };
-        if version != FLEET_VERSION {
-            return Err(FleetStateError::Version(version));
+        let decode_err = |e: postcard::Error| FleetStateError::Decode(e.to_string());
+        match version {
+            1 => {
+                let v1: FleetStateV1 = postcard::from_bytes(body).map_err(decode_err)?;
+                Ok(FleetState {
+                    tokens: v1.tokens,
+                    ..FleetState::default()
+                })
+            }
+            FLEET_VERSION => postcard::from_bytes(body).map_err(decode_err),
+            other => Err(FleetStateError::Version(other)),
         }
-        postcard::from_bytes(body).map_err(|e| FleetStateError::Decode(e.to_string()))
     }
 }
 
@@ -93,6 +141,20 @@ mod tests {
         };
         f.create_token(&new, 1_000).unwrap();
         f.use_token(&[1; 8], "web-1", &[3; 32], 1_500).unwrap();
+        let v1 = [vec![1], postcard::to_allocvec(&f.tokens).unwrap()].concat();
+        assert_eq!(FleetState::decode(&v1).unwrap(), f, "version 1 still reads");
+        f.append_audit(
+            &[AuditRecord::new(
+                1_600,
+                "admin",
+                "token.create",
+                "",
+                "",
+                "ok",
+            )],
+            1_000,
+            1_600,
+        );
         let bytes = f.encode().unwrap();
         assert_eq!(FleetState::decode(&bytes).unwrap(), f);
         assert_eq!(FleetState::decode(&[]).unwrap(), FleetState::default());

@@ -469,7 +469,7 @@ pub(crate) fn eval_call(
 }
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds, for annotations.
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);

@@ -6,6 +6,8 @@
 //! unknown variant or a newer version is an error at apply, never silently skipped,
 //! because skipping would make replicas diverge.
 
+use crate::fleet::api_tokens::ApiRole;
+use crate::fleet::audit::AuditRecord;
 use crate::fleet::tokens::TokenRole;
 use crate::tsdb::chunk;
 use argus_common::model::{Labels, MetricType, PointGroup, SeriesDef};
@@ -129,6 +131,26 @@ pub enum Entry {
         host: String,
         key_sha256: [u8; 32],
     },
+    /// Audit records ([`crate::fleet::audit`]), appended to the replicated audit table.
+    /// `retention_ms` is the proposer's configured retention: records logged longer
+    /// than that before this entry's leader time are dropped at apply, so every
+    /// replica cuts at the same point of the log.
+    Audit {
+        records: Vec<AuditRecord>,
+        retention_ms: i64,
+    },
+    /// `argus api-token create`: only the secret's hash is in the log; `expires_ms` is
+    /// absolute leader time, `None` for a token that does not expire.
+    ApiTokenCreate {
+        id: [u8; 8],
+        secret_hash: [u8; 32],
+        role: ApiRole,
+        name: String,
+        created_by: String,
+        expires_ms: Option<i64>,
+    },
+    /// `argus api-token revoke`.
+    ApiTokenRevoke { id: [u8; 8] },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -240,6 +262,26 @@ mod tests {
                 host: "web-1".into(),
                 key_sha256: [5; 32],
             },
+            Entry::Audit {
+                records: vec![AuditRecord::new(
+                    9,
+                    "admin",
+                    "token.revoke",
+                    "0102",
+                    "127.0.0.1",
+                    "ok",
+                )],
+                retention_ms: 1_000,
+            },
+            Entry::ApiTokenCreate {
+                id: [2; 8],
+                secret_hash: [3; 32],
+                role: ApiRole::Viewer,
+                name: "grafana".into(),
+                created_by: "admin".into(),
+                expires_ms: Some(10),
+            },
+            Entry::ApiTokenRevoke { id: [2; 8] },
         ]
     }
 
@@ -260,7 +302,7 @@ mod tests {
     fn variant_indices_are_frozen() {
         // Reordering the enum would silently reinterpret old log entries.
         let firsts: Vec<u8> = samples().iter().map(|e| e.encode()[1]).collect();
-        assert_eq!(firsts, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(firsts, (0..=10).collect::<Vec<u8>>());
         assert_eq!(samples()[0].encode()[0], ENTRY_VERSION);
     }
 

@@ -303,6 +303,43 @@ impl StateMachine {
                 host,
                 key_sha256,
             } => fleet_outcome(self.fleet.use_token(id, host, key_sha256, time_ms)),
+            Entry::Audit {
+                records,
+                retention_ms,
+            } => {
+                self.fleet.append_audit(records, *retention_ms, time_ms);
+                Outcome {
+                    applied: true,
+                    ..Outcome::default()
+                }
+            }
+            // A refused create or revoke (duplicate id, full table, unknown id) is
+            // `applied: false`; the proposer reads the table for the reason.
+            Entry::ApiTokenCreate {
+                id,
+                secret_hash,
+                role,
+                name,
+                created_by,
+                expires_ms,
+            } => {
+                let new = crate::fleet::api_tokens::NewApiToken {
+                    id: *id,
+                    secret_hash: *secret_hash,
+                    role: *role,
+                    name: name.clone(),
+                    created_by: created_by.clone(),
+                    expires_ms: *expires_ms,
+                };
+                Outcome {
+                    applied: self.fleet.create_api_token(&new, time_ms).is_ok(),
+                    ..Outcome::default()
+                }
+            }
+            Entry::ApiTokenRevoke { id } => Outcome {
+                applied: self.fleet.revoke_api_token(id, time_ms).is_ok(),
+                ..Outcome::default()
+            },
         };
         for (reason, n) in &outcome.refused {
             *self

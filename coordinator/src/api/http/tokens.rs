@@ -1,26 +1,29 @@
 //! `/api/tokens`: join tokens minted, listed and revoked by an admin (issue 5 item 2).
 //!
-//! Every request needs the admin bearer token `cluster init` printed; a missing or wrong
-//! one gets 401 in the API's JSON envelope with `errorType` `unauthorized`. Creation and
+//! Every request needs role admin (the token `cluster init` printed, or an admin API
+//! token), checked by the guard layer ([`super::guard`]): a missing or wrong token gets
+//! 401 in the API's JSON envelope with `errorType` `unauthorized`, a lesser role 403. Creation and
 //! revocation are entries through the log: the answer comes once the entry is applied,
 //! so a listing on any node that applied it shows the change.
 
-use super::{AppState, now_ms, propose, read_state};
+use super::{AppState, AuditNote, now_ms, propose, read_state};
+use crate::api::auth::Principal;
 use crate::api::prom_json::{ApiError, ApiResponse, ErrorType};
 use crate::fleet::admin_token::AdminTokenHash;
 use crate::fleet::token_api::{
     CreateTokenRequest, CreatedToken, DEFAULT_TTL, TokenView, parse_role,
 };
 use crate::fleet::tokens::{
-    MAX_TTL_MS, MAX_USES, NewToken, TokenApplied, TokenError, TokenRefusal, TokenRole, valid_host,
+    MAX_CREATED_BY_LEN, MAX_TTL_MS, MAX_USES, NewToken, TokenApplied, TokenError, TokenRefusal,
+    TokenRole, valid_host,
 };
 use crate::state::entry::Entry;
 use argus_common::config::HumanDuration;
 use argus_common::pki::{CaPin, JoinAddr, JoinString, SecretHash, TokenId, TokenSecret};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 
@@ -43,48 +46,17 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/tokens/{id}", delete(revoke))
 }
 
-fn unauthorized(message: &str) -> Response {
-    let body = serde_json::json!({
-        "status": "error",
-        "errorType": "unauthorized",
-        "error": message,
-    });
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"argus\""),
-    );
-    r
-}
-
-/// Checks the admin bearer token, in constant time; the refusal to send, if any.
-fn authorize(app: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(presented) = presented else {
-        return Some(unauthorized(
-            "an admin bearer token is required (Authorization: Bearer <token>)",
-        ));
-    };
-    match &app.tokens.admin_token_hash {
-        Some(h) if h.matches(presented.trim()) => None,
-        _ => Some(unauthorized(
-            "the bearer token is not this cluster's admin token",
-        )),
-    }
+/// The audit actor of a request (`admin`, `api-token:<id> (<name>)`).
+fn actor(p: &Option<Extension<Principal>>) -> String {
+    p.as_ref()
+        .map_or_else(|| "admin".to_string(), |Extension(p)| p.audit_actor())
 }
 
 /// The new token's entry from a request; a 400 names the bad field.
 fn new_token(
     req: &CreateTokenRequest,
     now: i64,
+    created_by: &str,
 ) -> Result<(NewToken, TokenId, TokenSecret), ApiError> {
     let bad = |field: &str, why: String| {
         ApiError::bad_data(format!("invalid parameter \"{field}\": {why}"))
@@ -120,7 +92,7 @@ fn new_token(
         uses,
         host: req.host.clone(),
         role,
-        created_by: "admin".into(),
+        created_by: created_by.chars().take(MAX_CREATED_BY_LEN).collect(),
     };
     Ok((new, id, secret))
 }
@@ -136,10 +108,11 @@ fn refusal(r: TokenRefusal) -> Response {
     }
 }
 
-async fn create(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = authorize(&app, &headers) {
-        return r;
-    }
+async fn create(
+    State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    body: Bytes,
+) -> Response {
     if body.len() > MAX_CREATE_BODY {
         return ApiError::bad_data(format!("request body over {MAX_CREATE_BODY} bytes"))
             .into_response();
@@ -154,7 +127,7 @@ async fn create(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
             }
         }
     };
-    let (new, id, secret) = match new_token(&req, now_ms()) {
+    let (new, id, secret) = match new_token(&req, now_ms(), &actor(&principal)) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -186,17 +159,17 @@ async fn create(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
                 expires_ms: new.expires_ms,
                 host: new.host,
             };
-            (StatusCode::CREATED, ApiResponse::success(data)).into_response()
+            let mut r = (StatusCode::CREATED, ApiResponse::success(data)).into_response();
+            r.extensions_mut()
+                .insert(AuditNote::new("token.create", id.to_string()));
+            r
         }
         Some(Err(r)) => refusal(r),
         None => ApiError::internal("the token entry had no fleet outcome").into_response(),
     }
 }
 
-async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = authorize(&app, &headers) {
-        return r;
-    }
+async fn list(State(app): State<AppState>) -> Response {
     let now = now_ms();
     let mut views: Vec<TokenView> = match read_state(&app) {
         Ok(sm) => sm
@@ -211,14 +184,7 @@ async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
     ApiResponse::success(views).into_response()
 }
 
-async fn revoke(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = authorize(&app, &headers) {
-        return r;
-    }
+async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match TokenId::parse(&id) {
         Ok(id) => id,
         Err(_) => {
@@ -247,7 +213,12 @@ async fn revoke(
             let now = now_ms();
             match read_state(&app) {
                 Ok(sm) => match sm.fleet().tokens().get(&id) {
-                    Some(t) => ApiResponse::success(TokenView::of(id, t, now)).into_response(),
+                    Some(t) => {
+                        let mut r = ApiResponse::success(TokenView::of(id, t, now)).into_response();
+                        r.extensions_mut()
+                            .insert(AuditNote::new("token.revoke", id.to_string()));
+                        r
+                    }
                     None => ApiError::not_found(format!("no join token {id}")).into_response(),
                 },
                 Err(e) => e.into_response(),
@@ -266,7 +237,7 @@ mod tests {
 
     #[test]
     fn requests_are_validated_field_by_field() {
-        let (new, _, secret) = new_token(&CreateTokenRequest::default(), T0).unwrap();
+        let (new, _, secret) = new_token(&CreateTokenRequest::default(), T0, "admin").unwrap();
         assert_eq!(new.expires_ms, T0 + 3_600_000);
         assert_eq!(
             (new.uses, new.role, new.host.as_deref()),
@@ -319,7 +290,7 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            let err = new_token(&req, T0).unwrap_err();
+            let err = new_token(&req, T0, "admin").unwrap_err();
             assert!(
                 err.message.contains(&format!("\"{field}\"")),
                 "{field}: {}",
@@ -334,6 +305,7 @@ mod tests {
                 role: Some("coordinator".into()),
             },
             T0,
+            "admin",
         )
         .unwrap();
         assert_eq!(new.expires_ms, T0 + 1_800_000);
