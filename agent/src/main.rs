@@ -43,8 +43,18 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Collect on the interval into the on-disk spool.
+    /// Collect on the interval into the on-disk spool and stream it to the coordinators.
     Run,
+    /// Enroll with a join string (`argus token create` prints one): generates the key
+    /// here, checks the coordinator against the CA pinned in the string, and stores the
+    /// key, certificate, CA and agent id in the state directory.
+    Join {
+        /// `argus-join:v1:...`
+        join_string: String,
+        /// State directory [default: agent.state_dir from the config].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Validate a config file; exits non-zero naming the file, key and reason of each problem.
     CheckConfig { file: PathBuf },
 }
@@ -85,9 +95,39 @@ fn main() -> Result<()> {
                 .run_until_signal()
                 .await
                 .map_err(Into::into),
+            Command::Join {
+                join_string,
+                state_dir,
+            } => join(&cfg, &join_string, state_dir).await,
             Command::CheckConfig { .. } => unreachable!("handled above"),
         }
     })
+}
+
+async fn join(cfg: &AgentConfig, join_string: &str, state_dir: Option<PathBuf>) -> Result<()> {
+    use argus_agent::uplink::identity::Identity;
+    let dir = state_dir.unwrap_or_else(|| cfg.agent.state_dir.clone());
+    let join = argus_common::pki::JoinString::parse(join_string.trim())
+        .context("the join string is not usable")?;
+    if let Some(existing) = Identity::load(&dir)? {
+        bail!(
+            "{} already holds the identity of agent {}; remove it to enroll again",
+            Identity::path(&dir).display(),
+            existing.agent_id
+        );
+    }
+    let host = host_name(&cfg.host.proc_root);
+    let identity = argus_agent::uplink::enroll::enroll(&join, &host)
+        .await
+        .context("enrollment failed")?;
+    identity.store(&dir)?;
+    println!(
+        "enrolled as agent {} ({}); identity stored in {}",
+        identity.agent_id,
+        host,
+        Identity::path(&dir).display()
+    );
+    Ok(())
 }
 
 fn check_config(file: &Path) -> Result<()> {

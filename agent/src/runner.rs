@@ -9,9 +9,11 @@ use crate::collection::{Collectors, next_tick_after};
 use crate::config::{AgentConfig, FsyncSetting, WhenFull};
 use crate::series::{SeriesLimits, SeriesTracker};
 use crate::spool::{FsyncPolicy, FullPolicy, Spool, SpoolConfig, SpoolError};
+use crate::uplink::identity::Identity;
+use crate::uplink::{Uplink, UplinkError, UplinkSettings};
 use argus_common::model::PointGroup;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum RunError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Collect(#[from] crate::collect::CollectError),
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
     #[error("creating state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -30,7 +34,13 @@ pub enum RunError {
 pub struct Runner {
     collectors: Collectors,
     tracker: SeriesTracker,
-    spool: Spool,
+    /// Shared with the uplink, which drains it; both run on the agent's one thread.
+    spool: Arc<Mutex<Spool>>,
+    /// Rung after every push so the uplink sends the new batch at once.
+    pushed: Arc<tokio::sync::Notify>,
+    /// The uplink to start with `run`, when the agent is enrolled.
+    uplink: Option<(UplinkSettings, Identity)>,
+    state_dir: std::path::PathBuf,
     stats: Arc<AgentStats>,
     interval_ms: i64,
     /// Error messages already logged at warn level; repeats go to debug so a missing
@@ -77,10 +87,14 @@ impl Runner {
             series = tracker.live_series(),
             "spool opened"
         );
+        let uplink = prepare_uplink(&cfg).await?;
         Ok(Runner {
             collectors: Collectors::from_config(&cfg, stats.clone())?,
             tracker,
-            spool,
+            spool: Arc::new(Mutex::new(spool)),
+            pushed: Arc::new(tokio::sync::Notify::new()),
+            uplink,
+            state_dir: cfg.agent.state_dir.clone(),
             stats,
             interval_ms: cfg.agent.interval.0.as_millis() as i64,
             logged: HashSet::new(),
@@ -91,8 +105,9 @@ impl Runner {
         &self.stats
     }
 
-    pub fn spool(&self) -> &Spool {
-        &self.spool
+    /// The spool; the guard must not be held across an await.
+    pub fn spool(&self) -> MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Collects one tick into the spool.
@@ -106,7 +121,8 @@ impl Runner {
                 tracing::debug!("{msg}");
             }
         }
-        let spool = &mut self.spool;
+        let mut guard = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        let spool = &mut *guard;
         let points = self
             .tracker
             .observe(&collection.jobs, |name, labels, kind, unit, help| {
@@ -116,7 +132,7 @@ impl Runner {
             self.stats.record_refused(reason.as_str(), *n);
         }
         let count = points.points.len();
-        let pushed = self.spool.push(vec![PointGroup {
+        let pushed = spool.push(vec![PointGroup {
             timestamp_ms: tick_ms,
             points: points.points,
         }]);
@@ -130,14 +146,16 @@ impl Runner {
                     samples = count,
                     "spool full (when_full = \"block\"): tick not stored"
                 );
-                self.spool.next_seq().saturating_sub(1)
+                spool.next_seq().saturating_sub(1)
             }
             Err(e) => return Err(e.into()),
         };
         for r in points.ended {
-            self.spool.retire(r, seq)?;
+            spool.retire(r, seq)?;
         }
-        let s = self.spool.stats();
+        let s = spool.stats();
+        drop(guard);
+        self.pushed.notify_one();
         self.stats.set_series(self.tracker.live_series());
         self.stats
             .record_spool(s.bytes, s.batches, s.dropped_samples_total);
@@ -159,6 +177,20 @@ impl Runner {
             }
         };
         tokio::pin!(stop);
+        let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
+        let uplink = self.uplink.take().map(|(settings, identity)| {
+            tokio::spawn(
+                Uplink {
+                    settings,
+                    state_dir: self.state_dir.clone(),
+                    identity,
+                    spool: self.spool.clone(),
+                    pushed: self.pushed.clone(),
+                    stats: self.stats.clone(),
+                }
+                .run(uplink_stopped),
+            )
+        });
         let mut last_sync = std::time::Instant::now();
         loop {
             let now = now_ms();
@@ -169,19 +201,58 @@ impl Runner {
                 _ = sleep => {}
             }
             self.tick(next).await?;
-            if let Some(every) = self.spool.sync_interval()
+            let mut spool = self.spool();
+            if let Some(every) = spool.sync_interval()
                 && last_sync.elapsed() >= every
             {
-                if self.spool.needs_sync() {
-                    self.spool.sync()?;
+                if spool.needs_sync() {
+                    spool.sync()?;
                 }
                 last_sync = std::time::Instant::now();
             }
         }
+        let _ = stop_uplink.send(true);
+        if let Some(task) = uplink {
+            let _ = task.await;
+        }
         tracing::info!("stopping: syncing the spool");
-        self.spool.close()?;
+        self.spool().sync()?;
         Ok(())
     }
+}
+
+/// The uplink settings and identity `run` starts with: the stored identity, or a fresh
+/// enrollment with `uplink.join_token` when there is none. Without either the agent only
+/// collects into its spool, which is sent once it is enrolled.
+async fn prepare_uplink(cfg: &AgentConfig) -> Result<Option<(UplinkSettings, Identity)>, RunError> {
+    let host = crate::collection::host_name(&cfg.host.proc_root);
+    let settings = UplinkSettings {
+        coordinators: cfg.uplink.coordinators.clone(),
+        in_flight: cfg.uplink.in_flight,
+        backoff_min: cfg.uplink.backoff_min.0,
+        backoff_max: cfg.uplink.backoff_max.0,
+        heartbeat: cfg.uplink.heartbeat.0,
+        host_name: host.clone(),
+    };
+    let identity = match Identity::load(&cfg.agent.state_dir).map_err(UplinkError::from)? {
+        Some(id) => id,
+        None if !cfg.uplink.join_token.is_empty() => {
+            let join = argus_common::pki::JoinString::parse(&cfg.uplink.join_token)
+                .map_err(UplinkError::from)?;
+            let id = crate::uplink::enroll::enroll(&join, &host).await?;
+            id.store(&cfg.agent.state_dir).map_err(UplinkError::from)?;
+            tracing::info!(agent_id = %id.agent_id, "enrolled with uplink.join_token");
+            id
+        }
+        None => {
+            tracing::info!(
+                state_dir = %cfg.agent.state_dir.display(),
+                "not enrolled (run `argus-agent join` or set uplink.join_token): collecting into the spool only"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some((settings, identity)))
 }
 
 fn now_ms() -> i64 {

@@ -65,6 +65,12 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, jitter: f64) ->
     base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// Resolves once `stop` is true (or its sender is gone), holding no borrow of the
+/// value across an await, so the future stays `Send`.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
 /// What ended a session.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -169,7 +175,7 @@ impl Uplink {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                () = stopped(&mut stop) => return,
             }
         }
     }

@@ -405,7 +405,7 @@ async fn pump(
                 }
                 renew_pending = true;
             }
-            _ = stop.wait_for(|s| *s) => return Ok(SessionEnd::Stopped),
+            () = super::stopped(stop) => return Ok(SessionEnd::Stopped),
         }
     }
 }
