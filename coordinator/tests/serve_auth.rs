@@ -322,9 +322,10 @@ fn roles_nest_ingest_stands_apart_and_actions_are_audited() {
     // Data ingest and reads are not audited.
     assert!(audit(addr, &admin, "action=POST%20%2Fapi%2Fv1%2Fwrite").is_empty());
 
-    // Refusals on operator and admin routes are audited, aggregated per source and
-    // minute: four refused attempts become one record with a count.
-    for _ in 0..4 {
+    // Refusals on operator and admin routes are audited, aggregated per actor, source
+    // and minute (how many records a burst becomes depends on flushes and minute
+    // boundaries; the counts always add up to the attempts).
+    for _ in 0..20 {
         assert_eq!(
             call(
                 addr,
@@ -338,13 +339,16 @@ fn roles_nest_ingest_stands_apart_and_actions_are_audited() {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    wait_for("the aggregated refusal in the audit log", deadline, || {
+    wait_for("the refusals in the audit log", deadline, || {
         let r = audit(
             addr,
             &admin,
             "action=DELETE%20%2Fapi%2Fapi-tokens%2F0123456789abcdef&outcome=forbidden",
         );
-        Ok(r.len() == 1 && r[0]["count"] == 4 && r[0]["source"] == "127.0.0.1")
+        let counted: u64 = r.iter().filter_map(|x| x["count"].as_u64()).sum();
+        assert!(counted <= 20, "{r:?}");
+        assert!(r.iter().all(|x| x["source"] == "127.0.0.1"), "{r:?}");
+        Ok(counted == 20)
     });
     // Filters and limits are checked by name.
     let c = call(addr, "GET", "/api/audit?limit=0", Some(&admin), b"");
@@ -362,7 +366,7 @@ fn roles_nest_ingest_stands_apart_and_actions_are_audited() {
         node.metric(
             "argus_http_requests_denied_total",
             &[("reason", "forbidden")]
-        ) >= Some(6.0)
+        ) >= Some(20.0)
     );
 
     // Tokens and the audit log are replicated state: they survive a kill (log replay).
