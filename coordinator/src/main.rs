@@ -55,6 +55,9 @@ enum Command {
     /// Join tokens that let agents enroll.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Enrolled agents: list them, revoke one.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
     /// API tokens with roles (viewer < operator < admin; ingest may only remote-write).
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
@@ -128,6 +131,26 @@ enum TokenCommand {
         client: ClientArgs,
     },
     /// Revoke a join token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// List enrolled agents: id, instance, host, version, last seen, certificate expiry,
+    /// state.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke an agent by id: its connections close, and it can neither reconnect nor
+    /// renew.
     Revoke {
         id: String,
         #[command(flatten)]
@@ -245,6 +268,7 @@ fn main() -> Result<()> {
                 cluster_init(&cfg)
             }
             Command::Token(cmd) => token_command(cmd).await,
+            Command::Agents(cmd) => agents_command(cmd).await,
             Command::ApiToken(cmd) => api_token_command(cmd).await,
             Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
         }
@@ -425,6 +449,44 @@ async fn token_command(cmd: TokenCommand) -> Result<()> {
         TokenCommand::Revoke { id, client: c } => {
             let t = client(c)?.revoke_token(&id).await?;
             println!("token {} revoked", t.id);
+            Ok(())
+        }
+    }
+}
+
+async fn agents_command(cmd: AgentsCommand) -> Result<()> {
+    match cmd {
+        AgentsCommand::List { json, client: c } => {
+            let agents = client(c)?.list_agents().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  STATE",
+                "ID", "INSTANCE", "HOST", "VERSION", "LAST SEEN (UTC)", "CERT EXPIRES (UTC)"
+            );
+            let or_dash = |t: Option<i64>| t.map(when).unwrap_or_else(|| "-".into());
+            for a in agents {
+                println!(
+                    "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  {}",
+                    a.id,
+                    a.instance,
+                    a.host,
+                    a.version.as_deref().unwrap_or("-"),
+                    or_dash(a.last_seen),
+                    or_dash(a.cert_expires),
+                    a.state
+                );
+            }
+            Ok(())
+        }
+        AgentsCommand::Revoke { id, client: c } => {
+            if !argus_coordinator::fleet::agents::valid_agent_id(&id) {
+                bail!("{id:?} is not an agent id (see `argus agents list`)");
+            }
+            let a = client(c)?.revoke_agent(&id).await?;
+            println!("agent {} ({}) revoked", a.id, a.instance);
             Ok(())
         }
     }

@@ -13,6 +13,7 @@ use crate::fleet::admin_token::AdminTokenHash;
 use crate::fleet::api_tokens::ApiRole;
 use crate::fleet::audit::AuditSink;
 use crate::fleet::cluster_files::{self, ClusterFilesError, InitSpec};
+use crate::fleet::enroll::{EnrollConfig, Enrollment};
 use crate::query::source::QueryLimits;
 use crate::state::checkpoint_file::CheckpointFile;
 use crate::state::machine::Outcome;
@@ -53,6 +54,8 @@ pub struct ServeConfig {
     /// node certificate; empty: the listen address (this host's name when listening on
     /// every address).
     pub advertise: Vec<String>,
+    /// Enrollment: agent certificate lifetime (72 h by default).
+    pub enroll: EnrollConfig,
 }
 
 impl ServeConfig {
@@ -70,6 +73,7 @@ impl ServeConfig {
             tiers: Tiers::argus_defaults(),
             query: QueryLimits::default(),
             advertise: Vec::new(),
+            enroll: EnrollConfig::default(),
         }
     }
 
@@ -117,6 +121,9 @@ pub enum ServeError {
 /// A running node: its HTTP address and the handle that stops it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The fleet's gate (enroll, renew, admit) that the agent listener asks; tests call
+    /// it directly.
+    pub fleet_gate: Arc<Enrollment>,
     node: NodeHandle<Outcome>,
     http: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -270,6 +277,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     // Refusals (and failed enrollments) are audited through this sink, which merges
     // repeats per source and minute; audit_duty flushes it into the log.
     let audit_sink = AuditSink::default();
+    // The fleet's gate: what the agent listener asks (enroll, renew, admit).
+    let fleet_gate = Enrollment::new(
+        node.proposer().clone(),
+        state.clone(),
+        cluster.paths.clone(),
+        cfg.enroll.clone(),
+        audit_sink.clone(),
+    );
     let app = AppState {
         proposer: node.proposer().clone(),
         stats: node.stats().clone(),
@@ -311,6 +326,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         cfg.tiers.clone(),
         stop.subscribe(),
     ));
+    fleet_gate.spawn_revocation_sweep(stop.subscribe());
     tokio::spawn(audit_duty(
         node.proposer().clone(),
         audit_sink.clone(),
@@ -329,6 +345,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     tracing::info!(%addr, "serving HTTP");
     Ok(Running {
         addr,
+        fleet_gate,
         node,
         http,
         stop,

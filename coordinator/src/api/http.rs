@@ -1,6 +1,8 @@
 //! The node's HTTP endpoints: Prometheus remote write and federation, series
-//! metadata, its own metrics, liveness and readiness; join tokens in [`tokens`].
+//! metadata, its own metrics, liveness and readiness; join tokens in [`tokens`], agents
+//! in [`agents`].
 
+mod agents;
 mod api_tokens;
 mod audit;
 mod guard;
@@ -94,6 +96,7 @@ pub fn router(app: AppState, max_body: usize) -> Router {
         .route("/health", get(|| async { "OK\n" }))
         .route("/ready", get(ready))
         .merge(tokens::routes())
+        .merge(agents::routes())
         .merge(api_tokens::routes())
         .merge(audit::routes())
         .merge(services::routes())

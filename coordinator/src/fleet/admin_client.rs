@@ -1,10 +1,11 @@
 //! The HTTP client of the admin commands (`argus token create|list|revoke`,
-//! `argus api-token create|list|revoke`).
+//! `argus agents list|revoke`, `argus api-token create|list|revoke`).
 //!
 //! reqwest with rustls and no provider of its own: the binary installs ring at start
 //! (DESIGN §6). Answers are read up to a bound, and error bodies in the API's JSON
 //! envelope are turned back into their message.
 
+use super::agent_api::AgentView;
 use super::api_tokens::{ApiTokenView, CreateApiTokenRequest, CreatedApiToken};
 use super::cli_config::CliConfig;
 use super::token_api::{CreateTokenRequest, CreatedToken, TokenView};
@@ -110,6 +111,18 @@ impl AdminClient {
 
     pub async fn revoke_api_token(&self, id: &str) -> Result<ApiTokenView, AdminClientError> {
         let url = format!("{}/api/api-tokens/{id}", self.base);
+        let rb = self.http.delete(&url);
+        self.send(url, rb).await
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, AdminClientError> {
+        let url = format!("{}/api/agents", self.base);
+        let rb = self.http.get(&url);
+        self.send(url, rb).await
+    }
+
+    pub async fn revoke_agent(&self, id: &str) -> Result<AgentView, AdminClientError> {
+        let url = format!("{}/api/agents/{id}", self.base);
         let rb = self.http.delete(&url);
         self.send(url, rb).await
     }

@@ -13,13 +13,19 @@
 //! - [`api_tokens`]: API tokens with roles, the replicated table.
 //! - [`audit`]: the replicated audit log and the sink that aggregates repeats.
 //! - [`gate`]: what the agent QUIC listener asks the fleet (enroll, renew, admit).
+//! - [`agents`]: the replicated agent table (instances, serials, revocation).
+//! - [`enroll`]: the [`gate::FleetGate`] of a node: enrollment, renewal, admission.
+//! - [`agent_api`]: JSON shapes of `/api/agents`.
 
 pub mod admin_client;
 pub mod admin_token;
+pub mod agent_api;
+pub mod agents;
 pub mod api_tokens;
 pub mod audit;
 pub mod cli_config;
 pub mod cluster_files;
+pub mod enroll;
 pub mod gate;
 pub mod state;
 pub mod token_api;

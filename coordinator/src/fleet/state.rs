@@ -1,17 +1,19 @@
 //! The fleet's part of the replicated state: what the state machine delegates fleet
 //! entries to, and what its checkpoint carries.
 //!
-//! Agents, issued certificate serials and revocations join the join tokens here as the
-//! enrollment items land; the checkpoint section is versioned so they can.
+//! Join tokens, the agent table (agents, their certificate serials, revocations) and the
+//! audit log, and API tokens. The checkpoint section is versioned; the versions before
+//! (1: tokens only; 2: no agents) are still read.
 
+use super::agents::{AgentOutcome, Agents, IssuedSerial, NewAgent};
 use super::api_tokens::{ApiTokenRefusal, ApiTokens, NewApiToken};
 use super::audit::{AuditLog, AuditRecord};
 use super::tokens::{NewToken, TokenApplied, TokenRefusal, Tokens};
 use serde::{Deserialize, Serialize};
 
-/// Format version of the fleet's checkpoint section. Version 1 (tokens only) is still
-/// read, with an empty audit table.
-const FLEET_VERSION: u8 = 2;
+/// Format version of the fleet's checkpoint section. Version 1 (tokens only) and 2
+/// (tokens, audit, API tokens) are still read, the tables they lack empty.
+const FLEET_VERSION: u8 = 3;
 
 /// What a fleet entry did, for its proposer.
 pub type FleetOutcome = Result<TokenApplied, TokenRefusal>;
@@ -34,12 +36,22 @@ pub struct FleetState {
     audit: AuditLog,
     /// API tokens with roles (issue 5 item 7).
     api_tokens: ApiTokens,
+    /// Enrolled agents (issue 5 items 3-4).
+    agents: Agents,
 }
 
 /// The section as version 1 wrote it.
 #[derive(Deserialize)]
 struct FleetStateV1 {
     tokens: Tokens,
+}
+
+/// The section as version 2 wrote it, before agents.
+#[derive(Deserialize)]
+struct FleetStateV2 {
+    tokens: Tokens,
+    audit: AuditLog,
+    api_tokens: ApiTokens,
 }
 
 impl FleetState {
@@ -72,6 +84,36 @@ impl FleetState {
     /// Applies `ApiTokenRevoke`.
     pub fn revoke_api_token(&mut self, id: &[u8; 8], time_ms: i64) -> Result<(), ApiTokenRefusal> {
         self.api_tokens.revoke(id, time_ms)
+    }
+
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// Applies `AgentEnroll`: spends the token and creates (or, for a retry, finds) the
+    /// agent, atomically.
+    pub fn enroll_agent(&mut self, new: &NewAgent, time_ms: i64) -> AgentOutcome {
+        self.agents.enroll(&mut self.tokens, new, time_ms)
+    }
+
+    /// Applies `AgentCert`.
+    pub fn log_agent_cert(
+        &mut self,
+        agent_id: &str,
+        issued: &IssuedSerial,
+        time_ms: i64,
+    ) -> AgentOutcome {
+        self.agents.log_cert(agent_id, issued, time_ms)
+    }
+
+    /// Applies `AgentRevoke`.
+    pub fn revoke_agent(&mut self, agent_id: &str, time_ms: i64) -> AgentOutcome {
+        self.agents.revoke(agent_id, time_ms)
+    }
+
+    /// Applies `AgentSeen`.
+    pub fn agent_seen(&mut self, agent_id: &str, version: &str, time_ms: i64) -> AgentOutcome {
+        self.agents.seen(agent_id, version, time_ms)
     }
 
     pub fn create_token(&mut self, new: &NewToken, time_ms: i64) -> FleetOutcome {
@@ -113,6 +155,15 @@ impl FleetState {
                 let v1: FleetStateV1 = postcard::from_bytes(body).map_err(decode_err)?;
                 Ok(FleetState {
                     tokens: v1.tokens,
+                    ..FleetState::default()
+                })
+            }
+            2 => {
+                let v2: FleetStateV2 = postcard::from_bytes(body).map_err(decode_err)?;
+                Ok(FleetState {
+                    tokens: v2.tokens,
+                    audit: v2.audit,
+                    api_tokens: v2.api_tokens,
                     ..FleetState::default()
                 })
             }
@@ -166,5 +217,82 @@ mod tests {
             FleetState::decode(&bytes[..bytes.len() - 3]),
             Err(FleetStateError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn agents_survive_the_section_and_versions_1_and_2_still_read() {
+        let mut f = FleetState::default();
+        let new = NewToken {
+            id: [1; 8],
+            secret_hash: [2; 32],
+            expires_ms: 5_000,
+            uses: 3,
+            host: None,
+            role: TokenRole::Agent,
+            created_by: "admin".into(),
+        };
+        f.create_token(&new, 1_000).unwrap();
+        let agent = NewAgent {
+            agent_id: "a1".into(),
+            token_id: [1; 8],
+            host: "web-1".into(),
+            key_sha256: [3; 32],
+        };
+        f.enroll_agent(&agent, 1_100).unwrap();
+        let issued = IssuedSerial {
+            serial: [4; 16],
+            issued_ms: 1_100,
+            not_after_ms: 90_000,
+        };
+        f.log_agent_cert("a1", &issued, 1_100).unwrap();
+        f.agent_seen("a1", "0.1.0", 1_200).unwrap();
+        f.revoke_agent("a1", 1_300).unwrap();
+        let bytes = f.encode().unwrap();
+        assert_eq!(bytes[0], FLEET_VERSION);
+        let back = FleetState::decode(&bytes).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.agents().get("a1").unwrap().revoked_ms, Some(1_300));
+
+        // A version-1 section (what the build before agents wrote: the token table
+        // alone) reads as the same tokens and no agents.
+        let v1 = [vec![1], postcard::to_allocvec(f.tokens()).unwrap()].concat();
+        let old = FleetState::decode(&v1).unwrap();
+        assert_eq!(old.tokens(), f.tokens());
+        assert!(old.agents().is_empty());
+
+        // Version 2 (tokens, audit, API tokens: the build before agents) reads with
+        // every table but the agents.
+        f.append_audit(
+            &[AuditRecord::new(
+                1_400,
+                "admin",
+                "agent.revoke",
+                "a1",
+                "",
+                "ok",
+            )],
+            1_000_000,
+            1_400,
+        );
+        #[derive(Serialize)]
+        struct V2<'a> {
+            tokens: &'a Tokens,
+            audit: &'a AuditLog,
+            api_tokens: &'a ApiTokens,
+        }
+        let v2 = [
+            vec![2],
+            postcard::to_allocvec(&V2 {
+                tokens: &f.tokens,
+                audit: &f.audit,
+                api_tokens: &f.api_tokens,
+            })
+            .unwrap(),
+        ]
+        .concat();
+        let old = FleetState::decode(&v2).unwrap();
+        assert_eq!(old.tokens(), f.tokens());
+        assert_eq!(old.audit(), f.audit());
+        assert!(old.agents().is_empty());
     }
 }

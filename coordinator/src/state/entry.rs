@@ -151,6 +151,31 @@ pub enum Entry {
     },
     /// `argus api-token revoke`.
     ApiTokenRevoke { id: [u8; 8] },
+    /// Enrollment (issue 5 item 3): spends a use of join token `token_id` (whose secret
+    /// the proposer checked) for the CSR key `key_sha256` of `host`, and creates agent
+    /// `agent_id` (chosen by the proposer, so apply needs no randomness) with an
+    /// `instance` unique among live agents, in one entry. A retry with the same token
+    /// and key finds the agent created before and spends nothing.
+    AgentEnroll {
+        agent_id: String,
+        token_id: [u8; 8],
+        host: String,
+        key_sha256: [u8; 32],
+    },
+    /// A certificate just issued to `agent_id` (at enrollment or renewal): only logged
+    /// serials are admitted.
+    AgentCert {
+        agent_id: String,
+        serial: [u8; 16],
+        issued_ms: i64,
+        not_after_ms: i64,
+    },
+    /// `argus agents revoke`: the agent itself, so no certificate it holds or renews
+    /// outlives it.
+    AgentRevoke { agent_id: String },
+    /// An agent connected (proposed at most once a minute per agent, not per batch):
+    /// last seen and the version it reported.
+    AgentSeen { agent_id: String, version: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -282,6 +307,25 @@ mod tests {
                 expires_ms: Some(10),
             },
             Entry::ApiTokenRevoke { id: [2; 8] },
+            Entry::AgentEnroll {
+                agent_id: "a1".into(),
+                token_id: [1; 8],
+                host: "web-1".into(),
+                key_sha256: [5; 32],
+            },
+            Entry::AgentCert {
+                agent_id: "a1".into(),
+                serial: [6; 16],
+                issued_ms: 7,
+                not_after_ms: 8,
+            },
+            Entry::AgentRevoke {
+                agent_id: "a1".into(),
+            },
+            Entry::AgentSeen {
+                agent_id: "a1".into(),
+                version: "0.1.0".into(),
+            },
         ]
     }
 
@@ -302,7 +346,7 @@ mod tests {
     fn variant_indices_are_frozen() {
         // Reordering the enum would silently reinterpret old log entries.
         let firsts: Vec<u8> = samples().iter().map(|e| e.encode()[1]).collect();
-        assert_eq!(firsts, (0..=10).collect::<Vec<u8>>());
+        assert_eq!(firsts, (0..=14).collect::<Vec<u8>>());
         assert_eq!(samples()[0].encode()[0], ENTRY_VERSION);
     }
 

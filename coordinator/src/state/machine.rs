@@ -65,6 +65,8 @@ pub struct Outcome {
     pub refused: BTreeMap<RefuseReason, u64>,
     /// What a fleet entry (tokens) did; `None` for every other kind.
     pub fleet: Option<FleetOutcome>,
+    /// What an agent entry (enroll, cert, revoke, seen) did; `None` for every other kind.
+    pub agent: Option<crate::fleet::agents::AgentOutcome>,
 }
 
 impl Outcome {
@@ -303,6 +305,39 @@ impl StateMachine {
                 host,
                 key_sha256,
             } => fleet_outcome(self.fleet.use_token(id, host, key_sha256, time_ms)),
+            Entry::AgentEnroll {
+                agent_id,
+                token_id,
+                host,
+                key_sha256,
+            } => {
+                let new = crate::fleet::agents::NewAgent {
+                    agent_id: agent_id.clone(),
+                    token_id: *token_id,
+                    host: host.clone(),
+                    key_sha256: *key_sha256,
+                };
+                agent_outcome(self.fleet.enroll_agent(&new, time_ms))
+            }
+            Entry::AgentCert {
+                agent_id,
+                serial,
+                issued_ms,
+                not_after_ms,
+            } => {
+                let issued = crate::fleet::agents::IssuedSerial {
+                    serial: *serial,
+                    issued_ms: *issued_ms,
+                    not_after_ms: *not_after_ms,
+                };
+                agent_outcome(self.fleet.log_agent_cert(agent_id, &issued, time_ms))
+            }
+            Entry::AgentRevoke { agent_id } => {
+                agent_outcome(self.fleet.revoke_agent(agent_id, time_ms))
+            }
+            Entry::AgentSeen { agent_id, version } => {
+                agent_outcome(self.fleet.agent_seen(agent_id, version, time_ms))
+            }
             Entry::Audit {
                 records,
                 retention_ms,
@@ -712,6 +747,15 @@ fn fleet_outcome(result: FleetOutcome) -> Outcome {
     Outcome {
         applied: result.is_ok(),
         fleet: Some(result),
+        ..Outcome::default()
+    }
+}
+
+/// An agent entry's outcome, like [`fleet_outcome`]'s for tokens.
+fn agent_outcome(result: crate::fleet::agents::AgentOutcome) -> Outcome {
+    Outcome {
+        applied: result.is_ok(),
+        agent: Some(result),
         ..Outcome::default()
     }
 }
