@@ -21,10 +21,13 @@
 //! which equals the sum of per-pair deltas; adjacent windows therefore telescope, and the
 //! increases of all windows sum to the increase of the whole series.
 //!
-//! **Exactness.** Composing windows (5 m → 1 h) is exact for min, max, count and last
-//! always, and for sum and increase whenever the partial sums are exactly representable
-//! (integer-valued series below 2^53, or values on a binary grid such as multiples of
-//! 0.5); otherwise float addition is not associative, and the results agree to rounding.
+//! **Exactness.** Sums and increases of decimal values (what exporters print: `1234.56`)
+//! are added as scaled integers, so a window holds the f64 nearest the true decimal sum
+//! and stays a short decimal the column codec stores in a byte or two (see
+//! [`DecimalSum`]). Composing windows (5 m → 1 h) is therefore exact for min, max, count
+//! and last always, and for sum and increase whenever the values are decimal (below
+//! 2^63 once scaled) or the partial sums are exactly representable; otherwise float
+//! addition is not associative, and the results agree to rounding.
 //!
 //! **Sealing.** A window may only be written once no sample can join it any more. The
 //! head accepts a sample of a series if it is no older than that series' newest timestamp
@@ -65,7 +68,11 @@ use super::chunk::{self, ChunkError};
 use super::tier::{Tiers, align_down};
 
 /// Format of an encoded block of windows (DESIGN §3.7).
-pub const BLOCK_FORMAT: u8 = 1;
+pub const BLOCK_FORMAT: u8 = 2;
+
+/// Format 1: every column timestamped with the window starts. Still read: blocks on disk
+/// and in checkpoints outlive binaries.
+const BLOCK_FORMAT_V1: u8 = 1;
 
 /// Format of an encoded [`Aggregator`] state (inside a checkpoint). Version 3 codes each
 /// series' open samples as a chunk (or leaves them out, see
@@ -139,11 +146,11 @@ impl Aggregate {
     fn absorb(&mut self, later: &Aggregate) {
         self.min = self.min.min(later.min);
         self.max = self.max.max(later.max);
-        self.sum += later.sum;
+        self.sum = DecimalSum::of(&[self.sum, later.sum]);
         self.count += later.count;
         self.last = later.last;
         self.increase = match (self.increase, later.increase) {
-            (Some(a), Some(b)) => Some(a + b),
+            (Some(a), Some(b)) => Some(DecimalSum::of(&[a, b])),
             (a, b) => a.or(b),
         };
     }
@@ -158,7 +165,9 @@ pub enum AggregateError {
     BadOooWindow(i64),
     #[error("block of windows is empty or cut short")]
     Truncated,
-    #[error("block format version {0} is not supported (this build reads version {BLOCK_FORMAT})")]
+    #[error(
+        "block format version {0} is not supported (this build reads versions {BLOCK_FORMAT_V1} to {BLOCK_FORMAT})"
+    )]
     UnsupportedVersion(u8),
     #[error("block holds {0} windows, over the limit of {max}", max = chunk::MAX_SAMPLES)]
     TooManyWindows(u64),
@@ -204,22 +213,84 @@ fn window(
         last: first,
     };
     let mut previous = reference;
-    let mut lost_at_resets = 0.0;
+    let mut sum = DecimalSum::default();
+    let mut increase = DecimalSum::default();
     for &(_, v) in samples {
         agg.min = agg.min.min(v);
         agg.max = agg.max.max(v);
-        agg.sum += v;
+        sum.add(v);
         agg.count += 1;
         if v < previous {
-            lost_at_resets += previous;
+            increase.add(previous);
         }
         previous = v;
         agg.last = v;
     }
+    agg.sum = sum.value();
     if counter {
-        agg.increase = Some((agg.last - reference) + lost_at_resets);
+        increase.add(agg.last);
+        increase.add(-reference);
+        agg.increase = Some(increase.value());
     }
     Some(agg)
+}
+
+/// A sum that stays exact while every term is decimal (as [`chunk::as_decimal`] sees
+/// it): terms are added as integers at a common scale, and the result is the f64 nearest
+/// the decimal sum. Float addition would make 0.1 + 0.2 into 0.30000000000000004, which
+/// is both less accurate and, being no short decimal, stored by the column codec as raw
+/// XOR bits: a window's sum and increase then cost about 8 bytes each instead of one or
+/// two. Once a term is not decimal (NaN, infinity, a computed ratio) or the integer would
+/// leave the i64 range, the sum falls back to float addition.
+#[derive(Debug, Clone, Copy)]
+struct DecimalSum {
+    float: f64,
+    exact: Option<(i128, u8)>,
+}
+
+impl Default for DecimalSum {
+    fn default() -> Self {
+        DecimalSum {
+            float: 0.0,
+            exact: Some((0, 0)),
+        }
+    }
+}
+
+impl DecimalSum {
+    fn of(terms: &[f64]) -> f64 {
+        let mut s = DecimalSum::default();
+        for &t in terms {
+            s.add(t);
+        }
+        s.value()
+    }
+
+    fn add(&mut self, v: f64) {
+        self.float += v;
+        self.exact = match (self.exact, chunk::as_decimal(v)) {
+            (Some((a, ka)), Some((b, kb))) => {
+                let k = ka.max(kb);
+                let scale = |x: i128, from: u8| x.checked_mul(10i128.pow(u32::from(k - from)));
+                scale(a, ka)
+                    .zip(scale(i128::from(b), kb))
+                    .and_then(|(a, b)| a.checked_add(b))
+                    .filter(|s| i64::try_from(*s).is_ok())
+                    .map(|s| (s, k))
+            }
+            _ => None,
+        };
+    }
+
+    fn value(&self) -> f64 {
+        match self
+            .exact
+            .and_then(|(m, k)| Some((i64::try_from(m).ok()?, k)))
+        {
+            Some((m, k)) => chunk::from_decimal(m, k),
+            None => self.float,
+        }
+    }
 }
 
 /// Aggregates a whole series (samples ascending by timestamp; they are sorted first if not)
@@ -272,6 +343,12 @@ pub fn coarsen(windows: &[Aggregate], step_ms: i64) -> Result<Vec<Aggregate>, Ag
 }
 
 /// Encodes windows (ascending by start, at most [`chunk::MAX_SAMPLES`]) as one block.
+///
+/// Format 2: the count column carries the window starts as its timestamps; every other
+/// column is timestamped by window position (0, 1, 2, ...), which the chunk codec codes in
+/// a few bits, where format 1 repeated the starts in every column. Blocks hold about
+/// ten windows on average (a checkpoint's pending ones fewer), so the repeated start
+/// timestamps were a third of a block.
 pub fn encode_block(windows: &[Aggregate]) -> Result<Vec<u8>, AggregateError> {
     if windows.len() > chunk::MAX_SAMPLES {
         return Err(AggregateError::TooManyWindows(windows.len() as u64));
@@ -279,40 +356,64 @@ pub fn encode_block(windows: &[Aggregate]) -> Result<Vec<u8>, AggregateError> {
     let has_increase = windows.iter().any(|w| w.increase.is_some());
     let mut out = vec![BLOCK_FORMAT, if has_increase { FLAG_INCREASE } else { 0 }];
     put_varint(&mut out, windows.len() as u64);
-    let fields: [fn(&Aggregate) -> Option<f64>; 6] = [
-        |w| Some(w.min),
-        |w| Some(w.max),
-        |w| Some(w.sum),
-        |w| Some(w.count as f64),
-        |w| Some(w.last),
-        |w| w.increase,
-    ];
-    let columns = if has_increase { 6 } else { 5 };
-    let mut column = Vec::with_capacity(windows.len());
-    for (i, field) in fields.iter().take(columns).enumerate() {
-        column.clear();
-        // A sparse increase column (a series whose type changed inside the block) simply
-        // lists the windows that have one; its timestamps say which.
-        column.extend(
-            windows
-                .iter()
-                .filter_map(|w| field(w).map(|v| (w.start_ms, v))),
-        );
-        let bytes = chunk::encode(&column).map_err(|source| AggregateError::Column {
+    let mut put_column = |i: usize, column: &[(i64, f64)]| {
+        let bytes = chunk::encode(column).map_err(|source| AggregateError::Column {
             column: COLUMN_NAMES[i],
             source,
         })?;
         put_varint(&mut out, bytes.len() as u64);
         out.extend_from_slice(&bytes);
+        Ok::<(), AggregateError>(())
+    };
+    let counts: Vec<(i64, f64)> = windows
+        .iter()
+        .map(|w| (w.start_ms, w.count as f64))
+        .collect();
+    put_column(COUNT, &counts)?;
+    let mut column = Vec::with_capacity(windows.len());
+    for i in [MIN, MAX, SUM, LAST, INCREASE] {
+        if i == INCREASE && !has_increase {
+            break;
+        }
+        column.clear();
+        // A sparse increase column (a series whose type changed inside the block) simply
+        // lists the windows that have one; its positions say which.
+        column.extend(
+            windows
+                .iter()
+                .enumerate()
+                .filter_map(|(at, w)| field(w, i).map(|v| (at as i64, v))),
+        );
+        put_column(i, &column)?;
     }
+    drop(put_column);
     Ok(out)
 }
 
-/// Decodes a block. Total: any bytes give windows or an error, never a panic, and what it
-/// allocates is bounded by [`chunk::MAX_SAMPLES`] windows.
+/// Column positions in [`COLUMN_NAMES`].
+const MIN: usize = 0;
+const MAX: usize = 1;
+const SUM: usize = 2;
+const COUNT: usize = 3;
+const LAST: usize = 4;
+const INCREASE: usize = 5;
+
+fn field(w: &Aggregate, column: usize) -> Option<f64> {
+    match column {
+        MIN => Some(w.min),
+        MAX => Some(w.max),
+        SUM => Some(w.sum),
+        COUNT => Some(w.count as f64),
+        LAST => Some(w.last),
+        _ => w.increase,
+    }
+}
+
+/// Decodes a block of format 2 or 1. Total: any bytes give windows or an error, never a
+/// panic, and what it allocates is bounded by [`chunk::MAX_SAMPLES`] windows.
 pub fn decode_block(bytes: &[u8]) -> Result<Vec<Aggregate>, AggregateError> {
     let (&version, rest) = bytes.split_first().ok_or(AggregateError::Truncated)?;
-    if version != BLOCK_FORMAT {
+    if version != BLOCK_FORMAT && version != BLOCK_FORMAT_V1 {
         return Err(AggregateError::UnsupportedVersion(version));
     }
     let (&flags, _) = rest.split_first().ok_or(AggregateError::Truncated)?;
@@ -325,34 +426,58 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<Aggregate>, AggregateError> {
         return Err(AggregateError::TooManyWindows(n));
     }
     let n = n as usize;
-    let columns = if flags & FLAG_INCREASE != 0 { 6 } else { 5 };
-    let mut decoded: Vec<Vec<(i64, f64)>> = Vec::with_capacity(columns);
-    for name in COLUMN_NAMES.iter().take(columns) {
+    let has_increase = flags & FLAG_INCREASE != 0;
+    let order: &[usize] = match (version, has_increase) {
+        (BLOCK_FORMAT_V1, true) => &[MIN, MAX, SUM, COUNT, LAST, INCREASE],
+        (BLOCK_FORMAT_V1, false) => &[MIN, MAX, SUM, COUNT, LAST],
+        (_, true) => &[COUNT, MIN, MAX, SUM, LAST, INCREASE],
+        (_, false) => &[COUNT, MIN, MAX, SUM, LAST],
+    };
+    let mut decoded: [Vec<(i64, f64)>; 6] = Default::default();
+    for &i in order {
         let len = get_varint(bytes, &mut pos).ok_or(AggregateError::Truncated)?;
         let end = usize::try_from(len)
             .ok()
             .and_then(|len| pos.checked_add(len))
             .filter(|&end| end <= bytes.len())
             .ok_or(AggregateError::Truncated)?;
-        let column = chunk::decode(&bytes[pos..end]).map_err(|source| AggregateError::Column {
-            column: name,
+        decoded[i] = chunk::decode(&bytes[pos..end]).map_err(|source| AggregateError::Column {
+            column: COLUMN_NAMES[i],
             source,
         })?;
         pos = end;
-        decoded.push(column);
     }
     if pos != bytes.len() {
         return Err(AggregateError::Malformed("bytes after the last column"));
     }
-    let [min, max, sum, count, last] = [0, 1, 2, 3, 4].map(|i| &decoded[i]);
-    if [min, max, sum, count, last].iter().any(|c| c.len() != n) {
+    if [MIN, MAX, SUM, COUNT, LAST]
+        .iter()
+        .any(|&i| decoded[i].len() != n)
+    {
         return Err(AggregateError::Malformed("columns differ in length"));
     }
-    let mut increases = decoded.get(5).map(|c| c.iter().peekable());
+    // Format 1 timestamps every column with the window starts, format 2 all but the
+    // count column with window positions.
+    let starts_column = if version == BLOCK_FORMAT_V1 {
+        MIN
+    } else {
+        COUNT
+    };
+    let key = |i: usize, at: usize| -> i64 {
+        if version == BLOCK_FORMAT_V1 || i == COUNT {
+            decoded[starts_column][at].0
+        } else {
+            at as i64
+        }
+    };
+    let mut increases = has_increase.then(|| decoded[INCREASE].iter().peekable());
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let start_ms = min[i].0;
-        if [max[i].0, sum[i].0, count[i].0, last[i].0] != [start_ms; 4] {
+    for at in 0..n {
+        let start_ms = decoded[starts_column][at].0;
+        if [MIN, MAX, SUM, COUNT, LAST]
+            .iter()
+            .any(|&i| decoded[i][at].0 != key(i, at))
+        {
             return Err(AggregateError::Malformed(
                 "columns disagree on window starts",
             ));
@@ -363,24 +488,26 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<Aggregate>, AggregateError> {
         {
             return Err(AggregateError::Malformed("window starts do not ascend"));
         }
-        let c = count[i].1;
+        let c = decoded[COUNT][at].1;
         if !((1.0..=MAX_COUNT).contains(&c) && c.fract() == 0.0) {
             return Err(AggregateError::Malformed(
                 "window count is not a positive integer",
             ));
         }
         let increase = match increases.as_mut() {
-            Some(it) => it.next_if(|(t, _)| *t == start_ms).map(|&(_, v)| v),
+            Some(it) => it
+                .next_if(|(t, _)| *t == key(INCREASE, at))
+                .map(|&(_, v)| v),
             None => None,
         };
         out.push(Aggregate {
             start_ms,
-            min: min[i].1,
-            max: max[i].1,
-            sum: sum[i].1,
+            min: decoded[MIN][at].1,
+            max: decoded[MAX][at].1,
+            sum: decoded[SUM][at].1,
             count: c as u64,
             increase,
-            last: last[i].1,
+            last: decoded[LAST][at].1,
         });
     }
     if increases.is_some_and(|mut it| it.next().is_some()) {

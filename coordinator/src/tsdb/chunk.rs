@@ -710,6 +710,18 @@ fn min_scale(v: f64) -> Option<u8> {
     (0..=MAX_SCALE).find(|&k| scaled(v, k).is_some())
 }
 
+/// `v` as `(m, k)` with `m / 10^k == v` bit for bit and the smallest such k, if `v` is
+/// decimal the way this codec codes it. Lets other code keep arithmetic on decimal
+/// values exact, so its results stay decimal and cheap to store.
+pub fn as_decimal(v: f64) -> Option<(i64, u8)> {
+    (0..=MAX_SCALE).find_map(|k| scaled(v, k).map(|m| (m, k)))
+}
+
+/// The f64 nearest `m / 10^k`, computed as the decoder computes decimal values.
+pub fn from_decimal(m: i64, k: u8) -> f64 {
+    m as f64 / POW10[usize::from(k.min(MAX_SCALE))]
+}
+
 /// Tries each scale some value needs and keeps the cheapest, counting the exceptions
 /// it leaves; `None` when no value is decimal at all.
 fn plan_decimal(values: &[f64], scratch: &mut Vec<u64>) -> Option<DecimalPlan> {

@@ -273,3 +273,57 @@ fn print_checkpoint_bytes_per_series() {
         );
     }
 }
+
+/// Where a pending block's bytes go, column by column: `cargo test -p argus-coordinator
+/// --lib checkpoint_size -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures; run by hand"]
+fn print_block_bytes_per_column() {
+    let (_, _, agg) = realistic_load(2_000, 100);
+    let mut per_column = [0usize; 6];
+    let (mut blocks, mut windows, mut total, mut xor) = (0usize, 0usize, 0usize, [0usize; 6]);
+    for st in agg.series.values() {
+        for l in &st.levels {
+            let mut w = l.block.clone();
+            w.extend(l.open);
+            if w.is_empty() {
+                continue;
+            }
+            blocks += 1;
+            windows += w.len();
+            total += encode_block(&w).unwrap().len();
+            let fields: [fn(&Aggregate) -> Option<f64>; 6] = [
+                |w| Some(w.min),
+                |w| Some(w.max),
+                |w| Some(w.sum),
+                |w| Some(w.count as f64),
+                |w| Some(w.last),
+                |w| w.increase,
+            ];
+            for (i, f) in fields.iter().enumerate() {
+                let col: Vec<(i64, f64)> = w
+                    .iter()
+                    .filter_map(|a| f(a).map(|v| (a.start_ms, v)))
+                    .collect();
+                if col.is_empty() {
+                    continue;
+                }
+                let bytes = chunk::encode(&col).unwrap();
+                if bytes[1] == 0x10 {
+                    xor[i] += 1;
+                }
+                per_column[i] += bytes.len();
+            }
+        }
+    }
+    println!(
+        "{blocks} blocks, {windows} windows, {:.1} B/window; per column B/window: {}; XOR-coded blocks per column: {xor:?}",
+        total as f64 / windows as f64,
+        COLUMN_NAMES
+            .iter()
+            .zip(per_column)
+            .map(|(n, b)| format!("{n} {:.2}", b as f64 / windows as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
