@@ -56,6 +56,11 @@ pub struct ServeConfig {
     pub advertise: Vec<String>,
     /// Enrollment: agent certificate lifetime (72 h by default).
     pub enroll: EnrollConfig,
+    /// Where agents connect over QUIC (UDP); `None`: no agent listener. Default: the
+    /// HTTP address (3006/tcp and 3006/udp, DESIGN §5; port 0 picks a free one).
+    pub quic_listen: Option<SocketAddr>,
+    /// The agent listener's limits and the `up` duty's timing.
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 impl ServeConfig {
@@ -74,6 +79,8 @@ impl ServeConfig {
             query: QueryLimits::default(),
             advertise: Vec::new(),
             enroll: EnrollConfig::default(),
+            quic_listen: Some(listen),
+            ingest: crate::ingest::IngestConfig::default(),
         }
     }
 
@@ -114,6 +121,8 @@ pub enum ServeError {
     Threads(std::io::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("agent listener: {0}")]
+    Ingest(#[from] crate::ingest::IngestError),
     #[error("cluster files: {0}")]
     Cluster(#[from] ClusterFilesError),
 }
@@ -124,6 +133,9 @@ pub struct Running {
     /// The fleet's gate (enroll, renew, admit) that the agent listener asks; tests call
     /// it directly.
     pub fleet_gate: Arc<Enrollment>,
+    /// The agent QUIC listener's UDP address, when it runs.
+    pub quic_addr: Option<SocketAddr>,
+    quic: Option<crate::ingest::Listener>,
     node: NodeHandle<Outcome>,
     http: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -132,6 +144,9 @@ pub struct Running {
 impl Running {
     /// Stops serving, then stops the node's threads.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        if let Some(quic) = self.quic {
+            quic.shutdown().await;
+        }
         let _ = self.stop.send(true);
         match self.http.await {
             Ok(r) => r.map_err(ServeError::Http)?,
@@ -285,7 +300,24 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         cfg.enroll.clone(),
         audit_sink.clone(),
     );
+    let ingest_counters = Arc::new(crate::ingest::IngestCounters::default());
+    let quic = match cfg.quic_listen {
+        Some(bind) => Some(crate::ingest::start(
+            bind,
+            crate::ingest::ServerTls::from_cluster_files(&cluster.paths)?,
+            fleet_gate.clone(),
+            crate::ingest::IngestNode {
+                proposer: node.proposer().clone(),
+                stats: node.stats().clone(),
+                state: state.clone(),
+            },
+            cfg.ingest.clone(),
+            ingest_counters.clone(),
+        )?),
+        None => None,
+    };
     let app = AppState {
+        ingest: ingest_counters,
         proposer: node.proposer().clone(),
         stats: node.stats().clone(),
         state,
@@ -346,6 +378,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     Ok(Running {
         addr,
         fleet_gate,
+        quic_addr: quic.as_ref().map(|q| q.addr),
+        quic,
         node,
         http,
         stop,

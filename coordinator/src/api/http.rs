@@ -68,6 +68,8 @@ pub struct AppState {
     pub query: QueryService,
     /// The admin token check, CA pin and advertised addresses of `/api/tokens`.
     pub tokens: Arc<TokenApi>,
+    /// The agent QUIC listener's counters, rendered on `/metrics`.
+    pub ingest: Arc<crate::ingest::IngestCounters>,
     /// Who may do what ([`guard`]), and the audit log's sink and retention.
     pub access: Arc<Access>,
 }
@@ -667,6 +669,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
         "Seconds since the node started.",
         &[("", app.started.elapsed().as_secs_f64())],
     );
+    app.ingest.render(&mut out);
     // The fsyncs of argus_raft_fsyncs_total as a histogram, so a p99 can be read. The node
     // keeps non-cumulative bucket counts; the exposition format wants cumulative ones.
     let _ = writeln!(

@@ -5,11 +5,14 @@ use argus_common::quic::close;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The last generation handed out, and each agent's live connection with its generation.
+type Table = (u64, HashMap<String, (u64, quinn::Connection)>);
+
 /// The live data connections by agent id, each with the generation that registered it,
 /// so an old session ending late does not unregister its replacement.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    inner: Mutex<(u64, HashMap<String, (u64, quinn::Connection)>)>,
+    inner: Mutex<Table>,
 }
 
 impl Sessions {
