@@ -163,10 +163,10 @@ impl Runner {
     }
 
     /// Collects on the grid until SIGINT or SIGTERM, then syncs the spool.
-    pub async fn run_until_signal(mut self) -> Result<(), RunError> {
+    pub async fn run_until_signal(self) -> Result<(), RunError> {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let stop = async move {
+        self.run_until(async move {
             match term.as_mut() {
                 Some(t) => {
                     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
@@ -175,7 +175,17 @@ impl Runner {
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
-        };
+        })
+        .await
+    }
+
+    /// Collects on the grid and streams through the uplink until `stop` completes, then
+    /// stops the uplink and syncs the spool. `argus demo` runs an agent in its own
+    /// process this way.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RunError> {
         tokio::pin!(stop);
         let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
         let uplink = self.uplink.take().map(|(settings, identity)| {

@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod demo;
+
 #[derive(Parser)]
 #[command(name = "argus", version, about = "Argus coordinator")]
 struct Cli {
@@ -46,6 +48,20 @@ enum Command {
         /// Bearer token required on /api/v1/write; needed to listen beyond loopback.
         #[arg(long, env = "ARGUS_SERVE_WRITE_TOKEN", hide_env_values = true)]
         write_token: Option<String>,
+    },
+    /// Try Argus in one process: a single-node coordinator with its data in ./argus-data,
+    /// its own CA, and a local agent that enrolls and streams this host. Runs until
+    /// Ctrl-C; a second run reuses the data directory.
+    Demo {
+        /// Data directory (made on the first run, reused after).
+        #[arg(long, default_value = "argus-data")]
+        data_dir: PathBuf,
+        /// HTTP (TCP) and agent QUIC (UDP) address.
+        #[arg(long, default_value = "127.0.0.1:3006")]
+        listen: SocketAddr,
+        /// The local agent's collection interval, as `1s`, `5s`, `1m`.
+        #[arg(long, default_value = "5s")]
+        interval: String,
     },
     /// Validate a config file; exits non-zero naming the file, key and reason of each problem.
     CheckConfig { file: PathBuf },
@@ -248,6 +264,24 @@ fn main() -> Result<()> {
                 tracing::info!("shutting down");
                 running.shutdown().await?;
                 Ok(())
+            }
+            Command::Demo {
+                data_dir,
+                listen,
+                interval,
+            } => {
+                let interval = argus_common::config::HumanDuration::parse(&interval)
+                    .map_err(|e| anyhow::anyhow!("--interval: {e}"))?
+                    .0;
+                demo::run(
+                    demo::Demo {
+                        data_dir,
+                        listen,
+                        interval,
+                    },
+                    shutdown_signal(),
+                )
+                .await
             }
             Command::Cluster(ClusterCommand::Init {
                 config,

@@ -386,7 +386,6 @@ pub fn encode_block(windows: &[Aggregate]) -> Result<Vec<u8>, AggregateError> {
         );
         put_column(i, &column)?;
     }
-    drop(put_column);
     Ok(out)
 }
 
@@ -472,6 +471,8 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<Aggregate>, AggregateError> {
     };
     let mut increases = has_increase.then(|| decoded[INCREASE].iter().peekable());
     let mut out = Vec::with_capacity(n);
+    // Indexed: each step reads the same position of five columns.
+    #[allow(clippy::needless_range_loop)]
     for at in 0..n {
         let start_ms = decoded[starts_column][at].0;
         if [MIN, MAX, SUM, COUNT, LAST]
