@@ -253,7 +253,9 @@ fn main() -> Result<()> {
                     cfg.data_dir = d;
                 }
                 if let Some(l) = listen {
+                    // Agents' QUIC shares the HTTP port (DESIGN §5: 3006/tcp and /udp).
                     cfg.listen = l;
+                    cfg.quic_listen = Some(l);
                 }
                 if write_token.is_some() {
                     cfg.write_token = write_token;
@@ -294,7 +296,9 @@ fn main() -> Result<()> {
                     cfg.data_dir = d;
                 }
                 if let Some(l) = listen {
+                    // Agents' QUIC shares the HTTP port (DESIGN §5: 3006/tcp and /udp).
                     cfg.listen = l;
+                    cfg.quic_listen = Some(l);
                 }
                 if !advertise.is_empty() {
                     cfg.advertise = advertise;

@@ -97,9 +97,21 @@ fn demo_enrolls_its_agent_serves_the_host_and_restarts_on_the_same_data() {
         series.iter().any(|(instance, _)| *instance == host),
         "the agent's instance is this host's name {host:?}: {series:?}"
     );
-    let agents = get(addr, "/api/agents", &token).unwrap();
-    assert_eq!(agents.status, 200, "{}", agents.text());
-    assert!(agents.text().contains(&host), "{}", agents.text());
+    // The agent list shows it with the version its Hello carried.
+    wait_for(
+        "the demo agent listed with its version",
+        Instant::now() + SERIES_WITHIN,
+        || {
+            let r = get(addr, "/api/agents", &token)?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+            let agent = &v["data"][0];
+            if agent["instance"] != host.as_str() || agent["state"] != "active" {
+                return Err(format!("not listed as active {host}: {v}"));
+            }
+            Ok(agent["version"].as_str().is_some_and(|s| !s.is_empty()))
+        },
+    );
     let banner = std::fs::read_to_string(&log).unwrap();
     assert!(
         banner.contains(&format!("Bearer {token}")) && banner.contains("/api/v1/query"),

@@ -666,6 +666,10 @@ impl FleetGate for Enrollment {
             revoked,
         })
     }
+
+    fn hello(&self, agent_id: &str, agent_version: &str) {
+        self.seen(agent_id, agent_version);
+    }
 }
 
 #[cfg(test)]

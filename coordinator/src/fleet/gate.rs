@@ -84,4 +84,8 @@ pub trait FleetGate: Send + Sync + 'static {
     /// the cluster CA) against the agent record: a known, unrevoked agent whose id is the
     /// certificate's URI SAN.
     fn admit(&self, cert_der: &[u8], from: SocketAddr) -> Result<Admission, GateRefusal>;
+
+    /// An admitted agent's `Hello` was accepted: the fleet records its version and that it
+    /// was seen (sparsely: how often that becomes a log entry is the fleet's business).
+    fn hello(&self, _agent_id: &str, _agent_version: &str) {}
 }

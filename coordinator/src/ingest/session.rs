@@ -170,6 +170,7 @@ pub(crate) async fn serve<G: FleetGate>(
     let end = match s.handshake().await {
         Err(end) => end,
         Ok(()) => {
+            s.ctx.gate.hello(&agent_id, &s.hello.agent_version);
             let (generation, replaced) = s.ctx.sessions.register(&agent_id, s.conn.clone());
             if replaced {
                 s.ctx.counters.sessions_replaced.fetch_add(1, Relaxed);
