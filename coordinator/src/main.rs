@@ -400,26 +400,25 @@ async fn api_token_command(cmd: ApiTokenCommand) -> Result<()> {
         }
         ApiTokenCommand::List { json, client: c } => {
             let tokens = client(c)?.list_api_tokens().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  NAME",
-                "ID", "ROLE", "STATUS", "EXPIRES (UTC)", "CREATED BY"
-            );
-            for t in tokens {
-                println!(
-                    "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  {}",
-                    t.id,
-                    t.role,
-                    t.status,
-                    t.expires_ms.map_or_else(|| "never".to_string(), when),
-                    t.created_by,
-                    if t.name.is_empty() { "-" } else { &t.name }
-                );
-            }
-            Ok(())
+            print_listing(
+                &tokens,
+                json,
+                format!(
+                    "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  NAME",
+                    "ID", "ROLE", "STATUS", "EXPIRES (UTC)", "CREATED BY"
+                ),
+                |t| {
+                    format!(
+                        "{:<16}  {:<8}  {:<7}  {:<20}  {:<16}  {}",
+                        t.id,
+                        t.role,
+                        t.status,
+                        t.expires_ms.map_or_else(|| "never".to_string(), when),
+                        t.created_by,
+                        if t.name.is_empty() { "-" } else { &t.name }
+                    )
+                },
+            )
         }
         ApiTokenCommand::Revoke { id, client: c } => {
             let t = client(c)?.revoke_api_token(&id).await?;
@@ -463,26 +462,25 @@ async fn token_command(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::List { json, client: c } => {
             let tokens = client(c)?.list_tokens().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  HOST",
-                "ID", "ROLE", "STATUS", "USES LEFT", "EXPIRES (UTC)"
-            );
-            for t in tokens {
-                println!(
-                    "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  {}",
-                    t.id,
-                    t.role,
-                    t.status,
-                    format!("{}/{}", t.uses_left, t.uses),
-                    when(t.expires_ms),
-                    t.host.as_deref().unwrap_or("-")
-                );
-            }
-            Ok(())
+            print_listing(
+                &tokens,
+                json,
+                format!(
+                    "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  HOST",
+                    "ID", "ROLE", "STATUS", "USES LEFT", "EXPIRES (UTC)"
+                ),
+                |t| {
+                    format!(
+                        "{:<16}  {:<11}  {:<8}  {:>9}  {:<20}  {}",
+                        t.id,
+                        t.role,
+                        t.status,
+                        format!("{}/{}", t.uses_left, t.uses),
+                        when(t.expires_ms),
+                        t.host.as_deref().unwrap_or("-")
+                    )
+                },
+            )
         }
         TokenCommand::Revoke { id, client: c } => {
             let t = client(c)?.revoke_token(&id).await?;
@@ -496,28 +494,27 @@ async fn agents_command(cmd: AgentsCommand) -> Result<()> {
     match cmd {
         AgentsCommand::List { json, client: c } => {
             let agents = client(c)?.list_agents().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&agents)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  STATE",
-                "ID", "INSTANCE", "HOST", "VERSION", "LAST SEEN (UTC)", "CERT EXPIRES (UTC)"
-            );
             let or_dash = |t: Option<i64>| t.map(when).unwrap_or_else(|| "-".into());
-            for a in agents {
-                println!(
-                    "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  {}",
-                    a.id,
-                    a.instance,
-                    a.host,
-                    a.version.as_deref().unwrap_or("-"),
-                    or_dash(a.last_seen),
-                    or_dash(a.cert_expires),
-                    a.state
-                );
-            }
-            Ok(())
+            print_listing(
+                &agents,
+                json,
+                format!(
+                    "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  STATE",
+                    "ID", "INSTANCE", "HOST", "VERSION", "LAST SEEN (UTC)", "CERT EXPIRES (UTC)"
+                ),
+                |a| {
+                    format!(
+                        "{:<16}  {:<20}  {:<20}  {:<10}  {:<19}  {:<19}  {}",
+                        a.id,
+                        a.instance,
+                        a.host,
+                        a.version.as_deref().unwrap_or("-"),
+                        or_dash(a.last_seen),
+                        or_dash(a.cert_expires),
+                        a.state
+                    )
+                },
+            )
         }
         AgentsCommand::Revoke { id, client: c } => {
             if !argus_coordinator::fleet::agents::valid_agent_id(&id) {
@@ -528,6 +525,24 @@ async fn agents_command(cmd: AgentsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A listing as pretty JSON (`--json`, for scripts) or as a table for people.
+fn print_listing<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    header: String,
+    row: impl Fn(&T) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    println!("{header}");
+    for r in rows {
+        println!("{}", row(r));
+    }
+    Ok(())
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -9,6 +9,7 @@ use super::agent_api::AgentView;
 use super::api_tokens::{ApiTokenView, CreateApiTokenRequest, CreatedApiToken};
 use super::cli_config::CliConfig;
 use super::token_api::{CreateTokenRequest, CreatedToken, TokenView};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -61,36 +62,58 @@ impl AdminClient {
         &self,
         req: &CreateTokenRequest,
     ) -> Result<CreatedToken, AdminClientError> {
-        let url = format!("{}/api/tokens", self.base);
-        let body = serde_json::to_vec(req).map_err(|e| AdminClientError::Decode {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-        let rb = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        self.send(url, rb).await
+        self.post("/api/tokens", req).await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>, AdminClientError> {
-        let url = format!("{}/api/tokens", self.base);
-        let rb = self.http.get(&url);
-        self.send(url, rb).await
+        self.get("/api/tokens").await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenView, AdminClientError> {
-        let url = format!("{}/api/tokens/{id}", self.base);
-        let rb = self.http.delete(&url);
-        self.send(url, rb).await
+        self.delete(&format!("/api/tokens/{id}")).await
     }
 
     pub async fn create_api_token(
         &self,
         req: &CreateApiTokenRequest,
     ) -> Result<CreatedApiToken, AdminClientError> {
-        let url = format!("{}/api/api-tokens", self.base);
+        self.post("/api/api-tokens", req).await
+    }
+
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenView>, AdminClientError> {
+        self.get("/api/api-tokens").await
+    }
+
+    pub async fn revoke_api_token(&self, id: &str) -> Result<ApiTokenView, AdminClientError> {
+        self.delete(&format!("/api/api-tokens/{id}")).await
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, AdminClientError> {
+        self.get("/api/agents").await
+    }
+
+    pub async fn revoke_agent(&self, id: &str) -> Result<AgentView, AdminClientError> {
+        self.delete(&format!("/api/agents/{id}")).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, AdminClientError> {
+        let url = format!("{}{path}", self.base);
+        let rb = self.http.get(&url);
+        self.send(url, rb).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, AdminClientError> {
+        let url = format!("{}{path}", self.base);
+        let rb = self.http.delete(&url);
+        self.send(url, rb).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &B,
+    ) -> Result<T, AdminClientError> {
+        let url = format!("{}{path}", self.base);
         let body = serde_json::to_vec(req).map_err(|e| AdminClientError::Decode {
             url: url.clone(),
             reason: e.to_string(),
@@ -100,30 +123,6 @@ impl AdminClient {
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.send(url, rb).await
-    }
-
-    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenView>, AdminClientError> {
-        let url = format!("{}/api/api-tokens", self.base);
-        let rb = self.http.get(&url);
-        self.send(url, rb).await
-    }
-
-    pub async fn revoke_api_token(&self, id: &str) -> Result<ApiTokenView, AdminClientError> {
-        let url = format!("{}/api/api-tokens/{id}", self.base);
-        let rb = self.http.delete(&url);
-        self.send(url, rb).await
-    }
-
-    pub async fn list_agents(&self) -> Result<Vec<AgentView>, AdminClientError> {
-        let url = format!("{}/api/agents", self.base);
-        let rb = self.http.get(&url);
-        self.send(url, rb).await
-    }
-
-    pub async fn revoke_agent(&self, id: &str) -> Result<AgentView, AdminClientError> {
-        let url = format!("{}/api/agents/{id}", self.base);
-        let rb = self.http.delete(&url);
         self.send(url, rb).await
     }
 
