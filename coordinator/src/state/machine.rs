@@ -646,14 +646,19 @@ impl StateMachine {
         out: &mut Outcome,
     ) {
         let horizon = time_ms.saturating_add(self.limits.max_future_ms);
-        let counter = counter_series(&self.index, id);
+        // The aggregator takes what the head accepted in one call per series, not one per
+        // sample: it looks the series up and checks what to seal once.
+        let mut accepted = Vec::with_capacity(samples.len());
         for &(t, v) in samples {
             if t > horizon {
                 out.refuse(RefuseReason::TooFarAhead, 1);
-            } else {
-                let (head, aggregator) = (&mut self.head, &mut self.aggregator);
-                append(head, aggregator, (id, counter), (t, v), time_ms, out);
+            } else if append_to_head(&mut self.head, id, (t, v), out) {
+                accepted.push((t, v));
             }
+        }
+        if !accepted.is_empty() {
+            let counter = counter_series(&self.index, id);
+            self.aggregator.push_at(id, counter, &accepted, time_ms);
         }
     }
 
@@ -791,10 +796,18 @@ fn append(
     time_ms: i64,
     out: &mut Outcome,
 ) {
+    if append_to_head(head, id, (t, v), out) {
+        aggregator.push_at(id, counter, &[(t, v)], time_ms);
+    }
+}
+
+/// Appends one sample to the head, counting it as accepted or refused by reason;
+/// whether it was accepted.
+fn append_to_head(head: &mut Head, id: SeriesId, (t, v): (i64, f64), out: &mut Outcome) -> bool {
     match head.append(id, t, v) {
         Ok(()) => {
             out.accepted += 1;
-            aggregator.push_at(id, counter, &[(t, v)], time_ms);
+            return true;
         }
         Err(Refusal::TooOld) => out.refuse(RefuseReason::OutOfOrder, 1),
         Err(Refusal::Duplicate | Refusal::DuplicateTimestamp) => {
@@ -802,6 +815,7 @@ fn append(
         }
         Err(Refusal::Corrupt) => out.refuse(RefuseReason::Other, 1),
     }
+    false
 }
 
 #[cfg(test)]
