@@ -6,6 +6,7 @@
 //! unknown variant or a newer version is an error at apply, never silently skipped,
 //! because skipping would make replicas diverge.
 
+use super::compression;
 use crate::fleet::api_tokens::ApiRole;
 use crate::fleet::audit::AuditRecord;
 use crate::fleet::tokens::TokenRole;
@@ -13,8 +14,16 @@ use crate::tsdb::chunk;
 use argus_common::model::{Labels, MetricType, PointGroup, SeriesDef};
 use serde::{Deserialize, Serialize};
 
-/// The format version this binary writes and reads.
+/// The format version of an entry whose postcard body follows as it is.
 pub const ENTRY_VERSION: u8 = 1;
+
+/// The format version of an entry whose postcard body follows as one zstd frame
+/// ([`super::compression`]); written for bodies of at least [`COMPRESS_FROM`] bytes.
+pub const ENTRY_VERSION_ZSTD: u8 = 2;
+
+/// Bodies below this stay uncompressed: a frame's header would eat the gain, and small
+/// entries (tokens, agent records) are rare.
+pub const COMPRESS_FROM: usize = 256;
 
 /// Largest entry the state machine accepts to decode, as a guard on corrupt input.
 pub const MAX_ENTRY_BYTES: usize = 64 << 20;
@@ -182,7 +191,9 @@ pub enum Entry {
 pub enum EntryError {
     #[error("entry is empty")]
     Empty,
-    #[error("entry has format version {0}; this binary reads version {ENTRY_VERSION}")]
+    #[error(
+        "entry has format version {0}; this binary reads versions {ENTRY_VERSION} and {ENTRY_VERSION_ZSTD}"
+    )]
     UnsupportedVersion(u8),
     #[error("entry of {0} bytes is over the {MAX_ENTRY_BYTES}-byte limit")]
     TooLarge(usize),
@@ -192,22 +203,38 @@ pub enum EntryError {
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![ENTRY_VERSION];
         // Encoding into a Vec only fails for types serde cannot represent; ours can.
-        if let Ok(body) = postcard::to_allocvec(self) {
-            out.extend_from_slice(&body);
+        let body = postcard::to_allocvec(self).unwrap_or_default();
+        if body.len() >= COMPRESS_FROM
+            && let Some(frame) = compression::compress(&body)
+            && frame.len() < body.len()
+        {
+            let mut out = Vec::with_capacity(frame.len() + 1);
+            out.push(ENTRY_VERSION_ZSTD);
+            out.extend_from_slice(&frame);
+            return out;
         }
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(ENTRY_VERSION);
+        out.extend_from_slice(&body);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
         let (&version, body) = bytes.split_first().ok_or(EntryError::Empty)?;
-        if version != ENTRY_VERSION {
-            return Err(EntryError::UnsupportedVersion(version));
-        }
         if bytes.len() > MAX_ENTRY_BYTES {
             return Err(EntryError::TooLarge(bytes.len()));
         }
+        let inflated;
+        let body = match version {
+            ENTRY_VERSION => body,
+            ENTRY_VERSION_ZSTD => {
+                inflated = compression::decompress(body, MAX_ENTRY_BYTES)
+                    .map_err(|e| EntryError::Decode(e.to_string()))?;
+                &inflated[..]
+            }
+            _ => return Err(EntryError::UnsupportedVersion(version)),
+        };
         let (entry, rest) =
             postcard::take_from_bytes(body).map_err(|e| EntryError::Decode(e.to_string()))?;
         if !rest.is_empty() {
@@ -345,9 +372,64 @@ mod tests {
     #[test]
     fn variant_indices_are_frozen() {
         // Reordering the enum would silently reinterpret old log entries.
-        let firsts: Vec<u8> = samples().iter().map(|e| e.encode()[1]).collect();
+        let firsts: Vec<u8> = samples()
+            .iter()
+            .map(|e| postcard::to_allocvec(e).unwrap()[0])
+            .collect();
         assert_eq!(firsts, (0..=14).collect::<Vec<u8>>());
         assert_eq!(samples()[0].encode()[0], ENTRY_VERSION);
+    }
+
+    /// A remote-write push of a few hundred series, the log's bulk: it is written as a
+    /// zstd frame, smaller than its postcard body, and reads back bit for bit.
+    #[test]
+    fn large_entries_are_compressed_and_read_back_exactly() {
+        let items: Vec<PushedItem> = (0..300u64)
+            .flat_map(|s| {
+                let samples: Vec<(i64, f64)> = (0..6)
+                    .map(|i| {
+                        (
+                            1_700_000_000_000 + i * 15_000,
+                            (s * 10 + i as u64) as f64 * 0.5,
+                        )
+                    })
+                    .collect();
+                PushedItem::encode(PushedKey::Known(s), &samples)
+            })
+            .collect();
+        let push = Entry::Push {
+            items,
+            metadata: vec![],
+        };
+        let plain = postcard::to_allocvec(&push).unwrap().len() + 1;
+        let bytes = push.encode();
+        assert_eq!(bytes[0], ENTRY_VERSION_ZSTD);
+        assert!(
+            bytes.len() * 4 < plain * 3,
+            "{} of {plain} bytes",
+            bytes.len()
+        );
+        assert_eq!(Entry::decode(&bytes).unwrap(), push);
+        // Small entries stay as they are.
+        assert_eq!(
+            Entry::ApiTokenRevoke { id: [1; 8] }.encode()[0],
+            ENTRY_VERSION
+        );
+    }
+
+    #[test]
+    fn corrupt_compressed_entries_are_errors() {
+        let mut bytes = vec![ENTRY_VERSION_ZSTD];
+        bytes.extend_from_slice(b"definitely not a zstd frame");
+        assert!(matches!(Entry::decode(&bytes), Err(EntryError::Decode(_))));
+        // A frame that inflates past the entry limit is refused from its header.
+        let mut bomb = vec![ENTRY_VERSION_ZSTD];
+        bomb.extend(compression::compress(&vec![0u8; MAX_ENTRY_BYTES + 1]).unwrap());
+        assert!(bomb.len() < 64 << 10);
+        match Entry::decode(&bomb) {
+            Err(EntryError::Decode(m)) => assert!(m.contains("over the"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

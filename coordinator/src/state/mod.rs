@@ -6,8 +6,10 @@
 //! - [`machine`]: what each entry does to the series index, head and agent state.
 //! - [`replica`]: the machine as the Raft node drives it: store writes and checkpoints.
 //! - [`checkpoint_file`]: where a checkpoint is kept, replaced atomically.
+//! - [`compression`]: zstd over large entries and checkpoints, bounded on decode.
 
 pub mod checkpoint_file;
+pub mod compression;
 pub mod dedup;
 pub mod entry;
 pub mod machine;
