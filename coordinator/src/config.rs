@@ -188,9 +188,9 @@ impl Default for EnrollSection {
     }
 }
 
-/// Shortest agent certificate lifetime: renewal at two thirds of it must leave the agent
-/// time for a round trip and a retry before the certificate expires.
-const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
+/// Shortest agent certificate lifetime, the CA's: renewal at two thirds of it must leave
+/// the agent time for a round trip before the certificate expires.
+const MIN_CERT_LIFETIME: Duration = argus_common::pki::MIN_LEAF_LIFETIME;
 /// Longest: an agent certificate outliving the coordinators' own (a year) buys nothing,
 /// and a stolen one would stay valid that long.
 const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
