@@ -22,7 +22,8 @@ pub mod verify;
 
 pub use ca::{
     AGENT_CERT_LIFETIME, CA_LIFETIME, CERT_BACKDATE, COORDINATOR_CERT_LIFETIME, CertInfo,
-    ClusterCa, CoordinatorCertSpec, IssuedCert, NodeKey, Serial, VerifiedCsr, cert_from_pem,
+    ClusterCa, CoordinatorCertSpec, IssuedCert, MIN_LEAF_LIFETIME, NodeKey, Serial, VerifiedCsr,
+    cert_from_pem,
 };
 pub use files::write_private_file;
 pub use identity::{ArgusIdentity, CaPin, Role, identity_from_cert_der};

@@ -3,6 +3,8 @@
 //! the key and what was expected (DESIGN §5).
 
 use crate::fleet::api_tokens::ApiRole;
+use crate::fleet::enroll::EnrollConfig;
+use crate::ingest::IngestConfig;
 use crate::query::source::QueryLimits;
 use crate::server::ServeConfig;
 use crate::state::machine::Limits;
@@ -16,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ENV_SECTIONS: EnvSections<'static> = EnvSections {
-    sections: &["serve", "limits", "tsdb", "query", "api", "audit"],
+    sections: &[
+        "serve", "limits", "tsdb", "query", "api", "audit", "enroll", "ingest",
+    ],
     file_only: &["tier"],
 };
 
@@ -29,6 +33,8 @@ pub struct CoordinatorConfig {
     pub query: QuerySection,
     pub api: ApiSection,
     pub audit: AuditSection,
+    pub enroll: EnrollSection,
+    pub ingest: IngestSection,
     /// Empty: Argus's defaults (raw 24 h, 5 m for 30 d, 1 h for a year).
     #[serde(rename = "tier")]
     pub tiers: Vec<TierSection>,
@@ -165,6 +171,123 @@ impl Default for AuditSection {
     }
 }
 
+/// `[enroll]`: what enrollment issues.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EnrollSection {
+    /// Lifetime of an agent certificate; the agent renews at two thirds of it over its
+    /// live connection, and the coordinator closes a connection whose certificate expired.
+    pub cert_lifetime: HumanDuration,
+}
+
+impl Default for EnrollSection {
+    fn default() -> Self {
+        EnrollSection {
+            cert_lifetime: HumanDuration(EnrollConfig::default().cert_lifetime),
+        }
+    }
+}
+
+/// Shortest agent certificate lifetime, the CA's: renewal at two thirds of it must leave
+/// the agent time for a round trip before the certificate expires.
+const MIN_CERT_LIFETIME: Duration = argus_common::pki::MIN_LEAF_LIFETIME;
+/// Longest: an agent certificate outliving the coordinators' own (a year) buys nothing,
+/// and a stolen one would stay valid that long.
+const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// Largest configurable frame; [`argus_common::wire::MAX_DER_LEN`] is the smallest,
+/// since an enrollment request carries a CSR of up to that size.
+const MAX_FRAME_LIMIT: usize = 256 << 20;
+
+/// `[ingest]`: the agent QUIC listener's limits and the `up` duty's timing
+/// ([`IngestConfig`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IngestSection {
+    pub in_flight: usize,
+    pub max_frame: usize,
+    pub enroll_per_minute: u32,
+    pub enroll_sources: usize,
+    pub max_connections: usize,
+    pub first_message_timeout: HumanDuration,
+    pub max_agents: usize,
+    pub up_interval: HumanDuration,
+    pub heartbeat_timeout: HumanDuration,
+    pub reconnect_allowance: HumanDuration,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        let i = IngestConfig::default();
+        IngestSection {
+            in_flight: i.in_flight,
+            max_frame: i.max_frame,
+            enroll_per_minute: i.enroll_per_minute,
+            enroll_sources: i.enroll_sources,
+            max_connections: i.max_connections,
+            first_message_timeout: HumanDuration(i.first_message_timeout),
+            max_agents: i.max_agents,
+            up_interval: HumanDuration(i.up_interval),
+            heartbeat_timeout: HumanDuration(i.heartbeat_timeout),
+            reconnect_allowance: HumanDuration(i.reconnect_allowance),
+        }
+    }
+}
+
+impl IngestSection {
+    /// The listener's settings; Err names the key and why.
+    fn to_config(&self) -> Result<IngestConfig, (String, String)> {
+        let bad = |key: &str, reason: String| Err((format!("ingest.{key}"), reason));
+        let window = crate::state::dedup::WINDOW as usize;
+        if self.in_flight == 0 || self.in_flight > window {
+            return bad(
+                "in_flight",
+                format!(
+                    "{} is outside 1..={window} (the dedup window)",
+                    self.in_flight
+                ),
+            );
+        }
+        let min_frame = argus_common::wire::MAX_DER_LEN;
+        if !(min_frame..=MAX_FRAME_LIMIT).contains(&self.max_frame) {
+            return bad(
+                "max_frame",
+                format!(
+                    "{} is outside {min_frame}..={MAX_FRAME_LIMIT} bytes",
+                    self.max_frame
+                ),
+            );
+        }
+        for (key, zero) in [
+            ("enroll_per_minute", self.enroll_per_minute == 0),
+            ("enroll_sources", self.enroll_sources == 0),
+            ("max_connections", self.max_connections == 0),
+            ("max_agents", self.max_agents == 0),
+            (
+                "first_message_timeout",
+                self.first_message_timeout.0.is_zero(),
+            ),
+            ("up_interval", self.up_interval.0.is_zero()),
+            ("heartbeat_timeout", self.heartbeat_timeout.0.is_zero()),
+        ] {
+            if zero {
+                return bad(key, "must be greater than zero".into());
+            }
+        }
+        Ok(IngestConfig {
+            in_flight: self.in_flight,
+            max_frame: self.max_frame,
+            enroll_per_minute: self.enroll_per_minute,
+            enroll_sources: self.enroll_sources,
+            max_connections: self.max_connections,
+            first_message_timeout: self.first_message_timeout.0,
+            max_agents: self.max_agents,
+            up_interval: self.up_interval.0,
+            heartbeat_timeout: self.heartbeat_timeout.0,
+            reconnect_allowance: self.reconnect_allowance.0,
+        })
+    }
+}
+
 /// One `[[tier]]`: the first is raw (no `step`), each later one aggregates.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +361,21 @@ impl CoordinatorConfig {
             return Err(("audit.retention".into(), "must be greater than zero".into()));
         }
         s.audit_retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let lifetime = self.enroll.cert_lifetime;
+        if !(MIN_CERT_LIFETIME..=MAX_CERT_LIFETIME).contains(&lifetime.0) {
+            return Err((
+                "enroll.cert_lifetime".into(),
+                format!(
+                    "{lifetime} is outside {}..{}",
+                    HumanDuration(MIN_CERT_LIFETIME),
+                    HumanDuration(MAX_CERT_LIFETIME)
+                ),
+            ));
+        }
+        s.enroll = EnrollConfig {
+            cert_lifetime: lifetime.0,
+        };
+        s.ingest = self.ingest.to_config()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_labels", l.max_labels),
@@ -358,6 +496,88 @@ mod tests {
             "[serve]\nlisten = \"0.0.0.0:3006\"\n[api]\nanonymous_roles = [\"viewer\"]\nanonymous_beyond_loopback = true\n",
         );
         assert!(cfg.is_some(), "explicitly allowed beyond loopback");
+    }
+
+    #[test]
+    fn enroll_and_ingest_keys_reach_the_server_config() {
+        let (cfg, problems) = load(
+            "[enroll]\ncert_lifetime = \"30s\"\n[ingest]\nenroll_per_minute = 600\nin_flight = 8\nmax_frame = 1048576\nheartbeat_timeout = \"3s\"\nreconnect_allowance = \"2s\"\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let s = cfg.unwrap().to_serve().unwrap();
+        assert_eq!(s.enroll.cert_lifetime, Duration::from_secs(30));
+        assert_eq!(
+            (
+                s.ingest.enroll_per_minute,
+                s.ingest.in_flight,
+                s.ingest.max_frame
+            ),
+            (600, 8, 1 << 20)
+        );
+        assert_eq!(s.ingest.grace(), Duration::from_secs(5));
+        assert_eq!(
+            s.ingest.max_connections,
+            IngestConfig::default().max_connections
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("argus.toml");
+        std::fs::write(&p, "").unwrap();
+        let env = [
+            (
+                "ARGUS_INGEST_ENROLL_PER_MINUTE".to_string(),
+                "5000".to_string(),
+            ),
+            ("ARGUS_ENROLL_CERT_LIFETIME".to_string(), "1h".to_string()),
+        ];
+        let (cfg, problems) = CoordinatorConfig::load(&p, env);
+        assert!(problems.is_empty(), "{problems:?}");
+        let s = cfg.unwrap().to_serve().unwrap();
+        assert_eq!(s.ingest.enroll_per_minute, 5000);
+        assert_eq!(s.enroll.cert_lifetime, Duration::from_secs(3600));
+
+        let cases = [
+            ("[enroll]\ncert_lifetime = \"5s\"\n", "enroll.cert_lifetime"),
+            (
+                "[enroll]\ncert_lifetime = \"9000h\"\n",
+                "enroll.cert_lifetime",
+            ),
+            ("[enroll]\ncert_lifetime = 30\n", "enroll.cert_lifetime"),
+            ("[ingest]\nin_flight = 0\n", "ingest.in_flight"),
+            ("[ingest]\nin_flight = 5000\n", "ingest.in_flight"),
+            ("[ingest]\nmax_frame = 100\n", "ingest.max_frame"),
+            (
+                "[ingest]\nenroll_per_minute = 0\n",
+                "ingest.enroll_per_minute",
+            ),
+            (
+                "[ingest]\nenroll_per_minute = -1\n",
+                "ingest.enroll_per_minute",
+            ),
+            ("[ingest]\nenroll_sources = 0\n", "ingest.enroll_sources"),
+            ("[ingest]\nmax_connections = 0\n", "ingest.max_connections"),
+            ("[ingest]\nmax_agents = 0\n", "ingest.max_agents"),
+            (
+                "[ingest]\nfirst_message_timeout = \"0s\"\n",
+                "ingest.first_message_timeout",
+            ),
+            ("[ingest]\nup_interval = \"0s\"\n", "ingest.up_interval"),
+            (
+                "[ingest]\nheartbeat_timeout = \"0ms\"\n",
+                "ingest.heartbeat_timeout",
+            ),
+            (
+                "[ingest]\nreconnect_allowance = \"soon\"\n",
+                "ingest.reconnect_allowance",
+            ),
+        ];
+        for (text, key) in cases {
+            let (cfg, problems) = load(text);
+            assert!(cfg.is_none(), "{text}");
+            let text_of = |e: &ConfigError| e.to_string();
+            let errors: Vec<String> = problems.errors.iter().map(text_of).collect();
+            assert!(errors.iter().any(|e| e.contains(key)), "{text}: {errors:?}");
+        }
     }
 
     #[test]

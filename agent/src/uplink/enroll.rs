@@ -54,7 +54,10 @@ pub fn handshake_reason(e: &quinn::ConnectionError, pin: Option<&CaPin>) -> Stri
     let text = e.to_string();
     match pin {
         Some(pin) if text.contains("certificate") => format!(
-            "the coordinator's certificate does not chain to the CA pinned in the join string ({pin}): {text}"
+            "the coordinator's certificate does not chain to the CA pinned in the join string \
+             ({pin}), so nothing was sent to it: the join string is from another cluster, or \
+             something else answers at this address; use a join string `argus token create` \
+             printed on this cluster ({text})"
         ),
         _ => text,
     }

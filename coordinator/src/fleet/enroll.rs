@@ -24,7 +24,7 @@
 use super::agents::{AgentApplied, AgentRecord, AgentRefusal, AgentStatus, Agents};
 use super::audit::{AuditRecord, AuditSink};
 use super::cluster_files::ClusterPaths;
-use super::gate::{Admission, FleetGate, GateRefusal};
+use super::gate::{Admission, FleetGate, GateRefusal, HandshakeFailure};
 use super::state::FleetState;
 use super::tokens::{TokenError, TokenRole, valid_host};
 use crate::cluster::{ProposeError, Proposer};
@@ -74,7 +74,7 @@ impl Default for EnrollConfig {
 pub enum EnrollFailure {
     #[error("malformed enrollment request: {0}")]
     Malformed(String),
-    #[error("{0}")]
+    #[error("{0}; {hint}", hint = token_hint(.0))]
     Token(TokenError),
     #[error("this join token is for coordinators, not agents")]
     NotAnAgentToken,
@@ -84,6 +84,29 @@ pub enum EnrollFailure {
     AgentRevoked,
     #[error("refused: {0}")]
     Refused(AgentRefusal),
+}
+
+/// What the operator of a refused agent can do about it: the refusal is all they see on
+/// the agent's host.
+fn token_hint(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::Unknown => {
+            "this cluster has no such token (is the join string from another cluster?); \
+             mint one with `argus token create`"
+        }
+        TokenError::WrongSecret => {
+            "pass the whole join string exactly as `argus token create` printed it"
+        }
+        TokenError::Expired => "mint a new one with `argus token create` (`--ttl` sets its life)",
+        TokenError::Spent => {
+            "mint a new one with `argus token create` (`--uses N` lets N hosts join with it)"
+        }
+        TokenError::HostMismatch => {
+            "use it on the host it names, or mint one with `argus token create --host <this \
+             host's name>`"
+        }
+        TokenError::Revoked => "mint a new one with `argus token create`",
+    }
 }
 
 impl EnrollFailure {
@@ -619,7 +642,17 @@ impl FleetGate for Enrollment {
                 Failed::Enroll(EnrollFailure::Token(TokenError::Unknown)) => "",
                 _ => target.as_str(),
             };
-            self.refuse("agent.enroll", target, from, now, f)
+            let wrong_host = matches!(
+                f,
+                Failed::Enroll(EnrollFailure::Token(TokenError::HostMismatch))
+            );
+            let mut refusal = self.refuse("agent.enroll", target, from, now, f);
+            if wrong_host {
+                // The name the token was bound to stays secret; the agent's own is news
+                // to nobody and tells the operator what `--host` would need.
+                refusal.reason = format!("{} (this host is {:?})", refusal.reason, valid.host);
+            }
+            refusal
         })
     }
 
@@ -669,6 +702,17 @@ impl FleetGate for Enrollment {
 
     fn hello(&self, agent_id: &str, agent_version: &str) {
         self.seen(agent_id, agent_version);
+    }
+
+    fn handshake_failed(&self, from: SocketAddr, failure: HandshakeFailure) {
+        self.audit.record(AuditRecord::new(
+            now_ms(),
+            "-",
+            "agent.handshake",
+            "",
+            from.ip().to_string(),
+            failure.audit_key(),
+        ));
     }
 }
 
@@ -812,9 +856,11 @@ mod tests {
         // Expired.
         let v = validate(&request(&f, "web-1")).unwrap();
         let err = precheck(&f.fleet, &v, T0 + HOUR).unwrap_err();
-        assert_eq!(
-            (err.audit_key(), err.to_string().as_str()),
-            ("token_expired", "join token expired")
+        assert_eq!(err.audit_key(), "token_expired");
+        assert!(
+            err.to_string()
+                .starts_with("join token expired; mint a new one with `argus token create`"),
+            "the refusal says what is wrong and what to do: {err}"
         );
         // Host mismatch.
         let f = fixture(1, Some("db-1"), TokenRole::Agent);

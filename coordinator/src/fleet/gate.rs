@@ -88,4 +88,46 @@ pub trait FleetGate: Send + Sync + 'static {
     /// An admitted agent's `Hello` was accepted: the fleet records its version and that it
     /// was seen (sparsely: how often that becomes a log entry is the fleet's business).
     fn hello(&self, _agent_id: &str, _agent_version: &str) {}
+
+    /// A connection from `from` failed its TLS handshake, so nothing was read from it:
+    /// a client certificate from a foreign CA, or an agent whose join string pins
+    /// another CA and so refused this coordinator. The fleet audits it (merged per
+    /// source and minute, like every failed attempt).
+    fn handshake_failed(&self, _from: SocketAddr, _failure: HandshakeFailure) {}
+}
+
+/// Which side of a failed TLS handshake said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client refused this coordinator's certificate: for an enrolling agent, its
+    /// join string pins another cluster's CA.
+    ClientRefusedServer,
+    /// This coordinator refused the client's certificate (a foreign CA, not an agent's).
+    ServerRefusedClient,
+}
+
+impl HandshakeFailure {
+    /// The failure a TLS error of `e` means, `None` for one that is not about
+    /// certificates (a timeout, a client that went away), which is only counted.
+    pub fn of(e: &quinn::ConnectionError) -> Option<HandshakeFailure> {
+        // QUIC carries TLS alerts as CRYPTO_ERROR codes 0x100..=0x1ff (RFC 9001 §4.8).
+        let tls_alert = |code: u64| (0x100..=0x1ff).contains(&code);
+        match e {
+            quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code.into()) => {
+                Some(HandshakeFailure::ClientRefusedServer)
+            }
+            quinn::ConnectionError::TransportError(t) if tls_alert(t.code.into()) => {
+                Some(HandshakeFailure::ServerRefusedClient)
+            }
+            _ => None,
+        }
+    }
+
+    /// The audit record's outcome.
+    pub fn audit_key(self) -> &'static str {
+        match self {
+            HandshakeFailure::ClientRefusedServer => "client_refused_coordinator_certificate",
+            HandshakeFailure::ServerRefusedClient => "client_certificate_refused",
+        }
+    }
 }

@@ -222,6 +222,9 @@ async fn accept_loop<G: FleetGate>(
                     // client that went away: nothing was read from it.
                     ctx.counters.refuse("handshake_failed");
                     tracing::info!(%from, "agent handshake failed: {e}");
+                    if let Some(failure) = crate::fleet::gate::HandshakeFailure::of(&e) {
+                        ctx.gate.handshake_failed(from, failure);
+                    }
                     return;
                 }
             };

@@ -10,8 +10,10 @@
 //! Bounds: one reader task hands over one decoded frame at a time (frames are checked
 //! against the size limit before allocation), and no frame is taken while the
 //! connection has `in_flight` batches unanswered, so QUIC flow control holds the agent
-//! back. The connection closes at the certificate's not-after, within a second of the
-//! agent's revocation, and on the first protocol error, with the reason logged.
+//! back. The connection closes at the certificate's not-after unless the agent renewed
+//! over it (a `RenewOk` moves the deadline to the new certificate's not-after), within a
+//! second of the agent's revocation, and on the first protocol error, with the reason
+//! logged and counted (`argus_ingest_refused_total{reason="cert_expired"|"revoked"}`).
 
 use super::listener::{Ctx, close_reason, wall_ms};
 use crate::cluster::ProposeError;
@@ -19,6 +21,7 @@ use crate::fleet::gate::{Admission, FleetGate};
 use crate::state::entry::Entry;
 use crate::state::machine::Outcome;
 use argus_common::model::SeriesDef;
+use argus_common::pki::CertInfo;
 use argus_common::quic::{close, peer_leaf};
 use argus_common::wire::{
     Ack, FrameLimits, Hello, HelloOk, Message, NotLeader, Refused, Retry, WireError, negotiate,
@@ -59,6 +62,14 @@ pub fn answer(seq: u64, result: Result<Outcome, ProposeError>) -> Message {
             reason: e.to_string(),
         }),
     }
+}
+
+/// The instant of wall-clock `not_after_ms` (now if it passed; at most a year ahead,
+/// which no certificate outlives and which keeps the addition from overflowing).
+fn deadline(not_after_ms: i64) -> tokio::time::Instant {
+    const YEAR_MS: u64 = 366 * 86_400_000;
+    let left_ms = not_after_ms.saturating_sub(wall_ms()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_millis(left_ms.min(YEAR_MS))
 }
 
 /// Why a session ended, for the log.
@@ -273,23 +284,33 @@ impl<G: FleetGate> Session<G> {
     ) -> End {
         let limit = self.ctx.cfg.in_flight.max(1);
         let mut inflight: JoinSet<Message> = JoinSet::new();
-        let left_ms = self.adm.cert_not_after_ms.saturating_sub(wall_ms()).max(0) as u64;
-        let expiry = tokio::time::sleep(Duration::from_millis(left_ms));
+        let mut not_after = self.adm.cert_not_after_ms;
+        let expiry = tokio::time::sleep_until(deadline(not_after));
         tokio::pin!(expiry);
         let mut revoked = self.adm.revoked.clone();
         let mut watching = true;
         if *revoked.borrow_and_update() {
-            return self.expire("the agent is revoked");
+            return self.expire("revoked", "the agent is revoked");
         }
         let conn = self.conn.clone();
         loop {
+            if self.adm.cert_not_after_ms != not_after {
+                not_after = self.adm.cert_not_after_ms;
+                expiry.as_mut().reset(deadline(not_after));
+            }
             tokio::select! {
-                _ = &mut expiry => return self.expire("the certificate expired"),
+                _ = &mut expiry => {
+                    return self.expire(
+                        "cert_expired",
+                        "the client certificate expired without renewal; the agent reconnects \
+                         with a renewed one or enrolls again",
+                    );
+                }
                 changed = revoked.changed(), if watching => {
                     if changed.is_err() {
                         watching = false;
                     } else if *revoked.borrow_and_update() {
-                        return self.expire("the agent is revoked");
+                        return self.expire("revoked", "the agent is revoked");
                     }
                 }
                 done = inflight.join_next(), if !inflight.is_empty() => {
@@ -318,8 +339,8 @@ impl<G: FleetGate> Session<G> {
         }
     }
 
-    fn expire(&self, reason: &str) -> End {
-        self.ctx.counters.refuse("expired_or_revoked");
+    fn expire(&self, counter: &'static str, reason: &str) -> End {
+        self.ctx.counters.refuse(counter);
         tracing::info!(from = %self.from, agent_id = %self.adm.agent_id, reason, "closing agent session");
         self.conn.close(close::EXPIRED, close_reason(reason));
         End::Closed(reason.to_string())
@@ -422,7 +443,25 @@ impl<G: FleetGate> Session<G> {
                     .await
                 {
                     Ok(ok) => {
-                        tracing::info!(agent_id = %self.adm.agent_id, "certificate renewed");
+                        // The agent on this connection proved its identity at the
+                        // handshake and the fleet has just re-issued it: the connection
+                        // lives as long as the new certificate, like a new one would.
+                        match CertInfo::from_der(&ok.certificate_der) {
+                            Ok(info) => {
+                                self.adm.cert_not_after_ms =
+                                    self.adm.cert_not_after_ms.max(info.not_after_ms);
+                            }
+                            Err(e) => tracing::warn!(
+                                agent_id = %self.adm.agent_id,
+                                "renewed certificate does not parse; the connection keeps \
+                                 its deadline: {e}"
+                            ),
+                        }
+                        tracing::info!(
+                            agent_id = %self.adm.agent_id,
+                            not_after_ms = self.adm.cert_not_after_ms,
+                            "certificate renewed"
+                        );
                         Message::RenewOk(ok)
                     }
                     Err(refusal) => {
