@@ -35,9 +35,8 @@ const DEVICES: usize = 2;
 fn node_series(devices: usize) -> usize {
     3 + 16 * devices
 }
-/// The agent's host series, once the coordinator's `up{job="node"}` is left out (see
-/// [`Pair::node`]).
-const NODE: &str = r#"{job="node"}"#;
+/// The agent's host series (`{job="node"}` alone would match the coordinator's `up`).
+const NODE: &str = r#"{__name__=~"node_.+",job="node"}"#;
 /// How long data may take to arrive after a restart. Loose: the agent's backoff is
 /// capped at 5 s, and a debug coordinator replays its log first.
 const CATCH_UP: Duration = Duration::from_secs(90);
@@ -336,13 +335,9 @@ impl Pair {
         Ok(out)
     }
 
-    /// [`Pair::samples`] of the agent's `node` series. `up` is dropped here rather than
-    /// with `__name__!="up"` in the selector: this build's PromQL returned `up` for
-    /// `{__name__=~"node_.+",job="node"}` too.
+    /// [`Pair::samples`] of the agent's `node` series.
     fn node(&self, from_ms: i64, to_ms: i64) -> Result<BTreeMap<String, Vec<(i64, f64)>>, String> {
-        let mut s = self.samples(NODE, from_ms, to_ms)?;
-        s.retain(|k, _| k.contains(r#""__name__":"node_"#));
-        Ok(s)
+        self.samples(NODE, from_ms, to_ms)
     }
 
     /// Waits until every `node` series has a sample at tick `to_ms` or later; returns
@@ -407,9 +402,7 @@ impl Pair {
     /// every one of the expected series holds exactly the same ticks, each once, all
     /// on the 1 s grid.
     fn node_ticks(&self, from_ms: i64, to_ms: i64) -> BTreeSet<i64> {
-        let series = self
-            .samples(r#"{job="node"}"#, from_ms, to_ms)
-            .expect("query node series");
+        let series = self.node(from_ms, to_ms).expect("query node series");
         assert_eq!(
             series.len(),
             node_series(self.devices),
