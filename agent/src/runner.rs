@@ -374,3 +374,49 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    /// A `/proc` whose `net/dev` lists `devices` interfaces (16 series each).
+    fn fake_proc(root: &std::path::Path, devices: usize) {
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        std::fs::write(root.join("loadavg"), "0.10 0.20 0.30 1/100 4242\n").unwrap();
+        let mut dev =
+            String::from("Inter-| Receive | Transmit\n face |bytes packets|bytes packets\n");
+        for d in 0..devices {
+            dev.push_str(&format!("e{d}: 1 2 0 0 0 0 0 0 3 4 0 0 0 0 0 0\n"));
+        }
+        std::fs::write(root.join("net/dev"), dev).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tick_larger_than_a_batch_is_split_into_batches_of_the_same_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        let devices = MAX_POINTS_PER_BATCH / 16 + 10;
+        fake_proc(&proc_root, devices);
+        let mut cfg = AgentConfig::default();
+        cfg.agent.state_dir = dir.path().join("state");
+        cfg.agent.interval = HumanDuration(Duration::from_secs(1));
+        cfg.containers.enabled = false;
+        cfg.host.proc_root = proc_root;
+        cfg.host.sys_root = dir.path().join("sys");
+        let mut runner = Runner::start(cfg).await.unwrap();
+        runner.tick(10_000).await.unwrap();
+        let batches = runner.spool().pending(0, 10).unwrap();
+        assert_eq!(batches.len(), 2, "one tick, two batches");
+        let sizes: Vec<usize> = batches
+            .iter()
+            .map(|(_, groups)| {
+                assert!(groups.iter().all(|g| g.timestamp_ms == 10_000));
+                groups.iter().map(|g| g.points.len()).sum()
+            })
+            .collect();
+        assert_eq!(sizes[0], MAX_POINTS_PER_BATCH);
+        assert!(sizes[1] >= 16 * 10, "{sizes:?}");
+        assert_eq!(batches[1].0, batches[0].0 + 1, "consecutive seqs");
+    }
+}
