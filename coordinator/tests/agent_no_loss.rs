@@ -785,3 +785,39 @@ fn g_an_agent_started_before_its_coordinator_enrolls_later_and_sends_everything(
     assert_eq!(collected as i64 + 1, ticks.len() as i64);
     pair.assert_nothing_refused(to);
 }
+
+/// h. The other side of f: an agent that was up before the coordinator restarted and
+/// never comes back is marked down (`up` 0) once the grace period after the start is
+/// over, although it never connected to the restarted node.
+#[test]
+fn h_an_agent_gone_through_a_coordinator_restart_is_marked_down_after_the_grace_period() {
+    let _t = Timed::start("h_an_agent_gone_through_a_coordinator_restart");
+    let mut pair = Pair::joined("noloss-gone", DEVICES, "");
+    pair.agent.start();
+    let (first, _) = running(&mut pair, 2);
+    wait_for("up before the restart", Instant::now() + CATCH_UP, || {
+        Ok(pair.up(first, now_ms()).iter().any(|p| p.1 == 1.0))
+    });
+    pair.agent.kill9();
+    pair.argus.kill9();
+    let restarted_ms = now_ms();
+    pair.argus.restart().expect("restart argus");
+    pair.argus.wait_ready().expect("argus ready again");
+    // Grace 25 s (heartbeat timeout 15 s + reconnect 10 s), `up` every 10 s.
+    wait_for(
+        "up 0 after the grace period",
+        Instant::now() + CATCH_UP,
+        || Ok(pair.up(restarted_ms, now_ms()).iter().any(|p| p.1 == 0.0)),
+    );
+    let zeros: Vec<i64> = pair
+        .up(restarted_ms, now_ms())
+        .into_iter()
+        .filter(|p| p.1 == 0.0)
+        .map(|p| p.0)
+        .collect();
+    // Written on the 10 s grid once 25 s have passed since the node started.
+    assert!(
+        zeros.iter().all(|t| *t >= restarted_ms + 15_000),
+        "up 0 within the grace period after the restart at {restarted_ms}: {zeros:?}"
+    );
+}
