@@ -67,7 +67,7 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, jitter: f64) ->
 
 /// Resolves once `stop` is true (or its sender is gone), holding no borrow of the
 /// value across an await, so the future stays `Send`.
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 

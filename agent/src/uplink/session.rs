@@ -17,7 +17,8 @@ use argus_common::pki::JoinAddr;
 use argus_common::quic::{close, data_client_config};
 use argus_common::wire::{
     Batch, FrameLimits, Heartbeat, Hello, MAX_SERIES_DEFS, MIN_PROTOCOL_VERSION, Message,
-    PROTOCOL_VERSION, RenewRequest, SeriesDefs, WireError, check_version, read_frame, write_frame,
+    PROTOCOL_VERSION, RenewRequest, SeriesDefs, WireError, check_version, encode_frame_checked,
+    read_frame, write_frame,
 };
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +29,10 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 const RENEW_RETRY: Duration = Duration::from_secs(30);
 /// Time for the handshake and `HelloOk`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Definitions one `SeriesDefs` message carries at most, in (estimated) bytes: a
+/// quarter of the default frame limit, so many long label sets never make a message
+/// the coordinator refuses (which would end every session at the same point).
+const DEFS_MESSAGE_BYTES: usize = 1 << 20;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -48,6 +53,18 @@ struct Link {
 }
 
 impl Link {
+    /// Sends a frame made by [`encode_frame_checked`].
+    async fn send_frame(&mut self, frame: &[u8], kind: &str) -> Result<(), SessionEnd> {
+        use tokio::io::AsyncWriteExt;
+        self.last_sent = Instant::now();
+        let r = async {
+            self.send.write_all(frame).await?;
+            self.send.flush().await
+        };
+        r.await
+            .map_err(|e| SessionEnd::Lost(format!("sending {kind}: {e}")))
+    }
+
     async fn send(&mut self, msg: &Message) -> Result<(), SessionEnd> {
         self.last_sent = Instant::now();
         write_frame(&mut self.send, msg, &self.limits)
@@ -227,7 +244,15 @@ fn lock(up: &Uplink) -> Result<std::sync::MutexGuard<'_, crate::spool::Spool>, U
         .map_err(|_| UplinkError::Protocol("spool lock poisoned".into()))
 }
 
-/// Definitions with ref >= `from`, in messages of at most [`MAX_SERIES_DEFS`].
+/// An upper estimate of a definition's encoded size: its strings plus a length
+/// prefix (at most 10 bytes as varints) for each, and the ref and kind.
+fn def_size(def: &argus_common::model::SeriesDef) -> usize {
+    let labels: usize = def.labels.iter().map(|(k, v)| k.len() + v.len() + 20).sum();
+    def.name.len() + def.unit.len() + def.help.len() + labels + 64
+}
+
+/// Definitions with ref >= `from`, in messages of at most [`MAX_SERIES_DEFS`] and about
+/// [`DEFS_MESSAGE_BYTES`].
 fn defs_messages(
     up: &Uplink,
     from: SeriesRef,
@@ -236,13 +261,16 @@ fn defs_messages(
     let mut out = Vec::new();
     let mut chunk = Vec::new();
     let mut highest = None;
+    let mut bytes = 0usize;
     for def in spool.defs_from(from) {
         highest = highest.max(Some(def.series_ref));
+        bytes += def_size(def);
         chunk.push(def.clone());
-        if chunk.len() == MAX_SERIES_DEFS {
+        if chunk.len() == MAX_SERIES_DEFS || bytes >= DEFS_MESSAGE_BYTES {
             out.push(Message::SeriesDefs(SeriesDefs {
                 defs: std::mem::take(&mut chunk),
             }));
+            bytes = 0;
         }
     }
     if !chunk.is_empty() {
@@ -311,17 +339,31 @@ async fn pump(
                 }
                 defs_sent_to = defs_sent_to.max(highest);
                 let lowest_seq = lock(up)?.lowest_seq().min(seq);
+                let samples: u64 = groups.iter().map(|g| g.points.len() as u64).sum();
                 let batch = Message::Batch(Batch {
                     incarnation,
                     seq,
                     lowest_seq,
                     groups,
                 });
-                if let Err(end) = link.send(&batch).await {
+                next_from = next_from.max(seq + 1);
+                let frame = match encode_frame_checked(&batch, &link.limits) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // The coordinator would refuse it on every connection: sending
+                        // it again cannot help, so it leaves the spool, counted. The
+                        // runner splits ticks so that this does not happen.
+                        tracing::error!(seq, samples, "batch dropped: {e}");
+                        up.stats.record_refused("too_large", samples);
+                        lock(up)?.ack(seq)?;
+                        continue;
+                    }
+                };
+                drop(batch);
+                if let Err(end) = link.send_frame(&frame, "Batch").await {
                     return Ok(end);
                 }
                 inflight.insert(seq);
-                next_from = next_from.max(seq + 1);
             }
         }
         let heartbeat_due = link.last_sent + up.settings.heartbeat;

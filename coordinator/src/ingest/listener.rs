@@ -169,6 +169,7 @@ pub fn start<G: FleetGate>(
     let duty = tokio::spawn(up_duty(
         node.proposer,
         node.stats,
+        node.state,
         liveness.clone(),
         cfg.up_timing(),
         stopped,

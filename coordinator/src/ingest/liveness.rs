@@ -8,11 +8,19 @@
 //! a short coordinator restart never marks the fleet down while agents reconnect. No
 //! staleness markers are written for a silent agent: its spool may still replay the gap.
 //!
+//! A node that starts or becomes leader also remembers, from the replicated state, the
+//! agents that had an `up` series (active agents only, with those series' jobs), so an
+//! agent that was up before a restart or failover and never comes back is marked down
+//! once the grace period is over, instead of being forgotten with its `up` frozen at 1.
+//!
 //! [`Liveness`] is pure (time in, samples out); [`up_duty`] drives it.
 
 use crate::cluster::{NodeStats, Proposer};
+use crate::fleet::agents::AgentStatus;
 use crate::state::entry::{Entry, PushedItem, PushedKey};
-use crate::state::machine::Outcome;
+use crate::state::machine::{Outcome, StateMachine};
+use crate::state::replica::SharedState;
+use crate::tsdb::index::{METRIC_NAME_LABEL, Matcher};
 use argus_common::model::Labels;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -91,6 +99,36 @@ impl Liveness {
         s.last_seen_ms = s.last_seen_ms.max(now_ms);
     }
 
+    /// Remembers an agent known from the replicated state (see [`known_agents`]) with
+    /// no session on this node: it counts as down until it connects, which is reported
+    /// only after the grace period. An agent already tracked is left as it is.
+    pub fn remember(&mut self, agent_id: &str, instance: &str, jobs: &[String], now_ms: i64) {
+        if self.agents.contains_key(agent_id) {
+            return;
+        }
+        if self.agents.len() >= self.max_agents {
+            self.evicted += 1;
+            return;
+        }
+        let mut kept = BTreeSet::new();
+        for job in jobs {
+            if kept.len() >= MAX_JOBS_PER_AGENT {
+                self.jobs_dropped += 1;
+            } else {
+                kept.insert(job.clone());
+            }
+        }
+        self.agents.insert(
+            agent_id.to_string(),
+            Seen {
+                instance: instance.to_string(),
+                jobs: kept,
+                last_seen_ms: now_ms,
+                sessions: 0,
+            },
+        );
+    }
+
     /// The agent sent something.
     pub fn seen(&mut self, agent_id: &str, now_ms: i64) {
         if let Some(s) = self.agents.get_mut(agent_id) {
@@ -161,6 +199,55 @@ impl Liveness {
     }
 }
 
+/// One agent the replicated state knows: id, instance, and the jobs of its `up` series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownAgent {
+    pub agent_id: String,
+    pub instance: String,
+    pub jobs: Vec<String>,
+}
+
+/// The active agents (not revoked, certificate not expired at `now_ms`) that have an
+/// `up` series in the store, with its jobs, at most `max`: who was being watched before
+/// this node started or became leader.
+pub fn known_agents(state: &StateMachine, now_ms: i64, max: usize) -> Vec<KnownAgent> {
+    let by_instance: BTreeMap<&str, &str> = state
+        .fleet()
+        .agents()
+        .iter()
+        .filter(|(_, r)| r.status(now_ms) == AgentStatus::Active)
+        .map(|(id, r)| (r.instance.as_str(), id))
+        .collect();
+    let index = state.index();
+    let ids = index
+        .select(&[Matcher::equal(METRIC_NAME_LABEL, "up")])
+        .unwrap_or_default();
+    let mut jobs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for id in ids {
+        let Some(series) = index.series(id) else {
+            continue;
+        };
+        let (Some(instance), Some(job)) = (series.labels.get("instance"), series.labels.get("job"))
+        else {
+            continue;
+        };
+        if let Some(agent_id) = by_instance.get(instance) {
+            jobs.entry(agent_id).or_default().push(job.to_string());
+        }
+    }
+    let instances: BTreeMap<&str, &str> = by_instance.iter().map(|(i, a)| (*a, *i)).collect();
+    jobs.into_iter()
+        .take(max)
+        .filter_map(|(agent_id, jobs)| {
+            Some(KnownAgent {
+                agent_id: agent_id.to_string(),
+                instance: instances.get(agent_id)?.to_string(),
+                jobs,
+            })
+        })
+        .collect()
+}
+
 /// The log entry for one round of `up` samples at `t_ms`.
 pub fn up_entry(samples: &[UpSample], t_ms: i64) -> Entry {
     let items = samples
@@ -203,9 +290,13 @@ fn wall_ms() -> i64 {
 
 /// The leader's `up` duty: every interval, while this node leads, proposes the samples
 /// of [`Liveness::up_samples`] as one `Push` entry, timestamped on the interval grid.
+///
+/// On becoming leader (a single node: at start) it first remembers the agents of
+/// [`known_agents`], so the grace period applies to them too.
 pub async fn up_duty(
     proposer: Proposer<Outcome>,
     stats: Arc<NodeStats>,
+    state: SharedState,
     liveness: Arc<Mutex<Liveness>>,
     timing: UpTiming,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -225,7 +316,31 @@ pub async fn up_duty(
             leader_since = None;
             continue;
         }
+        let first_round = leader_since.is_none();
         let since = *leader_since.get_or_insert(now);
+        // Every round of the grace period, not just the first: a node that just started
+        // may still be applying its log when it first leads.
+        if now.saturating_sub(since) < timing.grace.as_millis() as i64 {
+            let known = match state.read() {
+                Ok(st) => known_agents(&st, now, usize::MAX),
+                Err(_) => return,
+            };
+            match liveness.lock() {
+                Ok(mut l) => {
+                    for a in &known {
+                        l.remember(&a.agent_id, &a.instance, &a.jobs, now);
+                    }
+                }
+                Err(_) => return,
+            }
+            if first_round && !known.is_empty() {
+                tracing::info!(
+                    agents = known.len(),
+                    grace_s = timing.grace.as_secs(),
+                    "leading: agents with an `up` series that do not reconnect within the grace period will be marked down"
+                );
+            }
+        }
         let samples = match liveness.lock() {
             Ok(l) => l.up_samples(now, timing.timeout, since.max(started_ms), timing.grace),
             Err(_) => return,
@@ -301,6 +416,36 @@ mod tests {
         l.seen("a1", 10_000);
         assert_eq!(values(&l, 25_000, -100_000)[0].2, 1.0);
         assert_eq!(values(&l, 25_001, -100_000)[0].2, 0.0);
+    }
+
+    #[test]
+    fn a_remembered_agent_is_down_after_the_grace_period_unless_it_reconnects() {
+        let mut l = Liveness::new(10);
+        let jobs = vec!["node".to_string(), "argus-agent".to_string()];
+        l.remember("a1", "web-1", &jobs, 1_000);
+        l.remember("a2", "web-2", &jobs[..1], 1_000);
+        // Within the grace period from the start at 1_000: nothing said about either.
+        assert!(values(&l, 20_000, 1_000).is_empty());
+        // a1 reconnects: up; a remembered agent is not remembered over its session.
+        l.connected("a1", "web-1", 21_000);
+        l.remember("a1", "other", &[], 21_000);
+        assert_eq!(
+            values(&l, 22_000, 1_000),
+            vec![
+                ("web-1".into(), "argus-agent".into(), 1.0),
+                ("web-1".into(), "node".into(), 1.0)
+            ]
+        );
+        // a2 never came back: down once the grace period is over.
+        let after = values(&l, 26_000, 1_000);
+        assert!(
+            after.contains(&("web-2".into(), "node".into(), 0.0)),
+            "{after:?}"
+        );
+        assert!(
+            after.contains(&("web-1".into(), "node".into(), 1.0)),
+            "{after:?}"
+        );
     }
 
     #[test]
