@@ -239,6 +239,10 @@ pub struct RaftNode<S: LogStorage, T: Transport, A: Apply> {
     /// Test-only: make the loop skip its fsync, to show the crash test catches that bug.
     #[cfg(test)]
     skip_sync_for_test: bool,
+    /// Test-only: hand committed entries to apply before their commit index is synced, to
+    /// show the cluster harness catches that bug.
+    #[cfg(test)]
+    apply_before_sync_for_test: bool,
     _state_machine: PhantomData<fn() -> A>,
 }
 
@@ -337,6 +341,8 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
             advanced: applied,
             #[cfg(test)]
             skip_sync_for_test: false,
+            #[cfg(test)]
+            apply_before_sync_for_test: false,
             _state_machine: PhantomData,
         };
         // A lone voter need not wait out an election timeout to lead its own group.
@@ -488,6 +494,21 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
     #[cfg(test)]
     pub(crate) fn set_skip_sync_for_test(&mut self, skip: bool) {
         self.skip_sync_for_test = skip;
+    }
+
+    /// Test-only knob: apply committed entries before their commit index is synced.
+    #[cfg(test)]
+    pub(crate) fn set_apply_before_sync_for_test(&mut self, on: bool) {
+        self.apply_before_sync_for_test = on;
+    }
+
+    /// Entries up to this index may go to the state machine: the synced commit index.
+    fn releasable_commit(&self) -> u64 {
+        #[cfg(test)]
+        if self.apply_before_sync_for_test {
+            return self.raw.raft.raft_log.committed;
+        }
+        self.durable_commit
     }
 
     fn leader(&self) -> Option<u64> {
@@ -681,17 +702,16 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
         {
             return Ok(());
         }
+        let releasable = self.releasable_commit();
         loop {
             let snapshot = match &self.pending_snapshot {
-                Some(s) if s.get_metadata().index <= self.durable_commit => {
-                    self.pending_snapshot.take()
-                }
+                Some(s) if s.get_metadata().index <= releasable => self.pending_snapshot.take(),
                 _ => None,
             };
             let mut entries = Vec::new();
             let mut bytes = 0u64;
             while let Some(e) = self.to_apply.front() {
-                if e.index > self.durable_commit
+                if e.index > releasable
                     || (!entries.is_empty()
                         && bytes + e.data.len() as u64 > self.cfg.max_committed_size_per_ready)
                 {

@@ -8,11 +8,12 @@
 //! What one step is — one of, chosen by the seeded RNG:
 //! - deliver one queued message (from a random (from, to) queue; sometimes not its oldest, so
 //!   messages reorder within [`SimConfig::reorder_window`]; sometimes lost, at
-//!   [`SimConfig::loss`]);
+//!   [`SimConfig::loss`]; sometimes delivered twice, at [`SimConfig::duplicate`]);
 //! - `on_ready` of one node, or one run of its apply worker (so apply lags the Ready loop);
 //! - one tick of one node (nodes tick unevenly: that, not raft-rs's thread RNG, spreads the
 //!   election timeouts, see [`NodeConfig::max_election_tick`]);
-//! - a client proposal to the node the client believes leads;
+//! - a client proposal to the node the client believes leads, straight into the step function
+//!   or through its proposal queue (the runner's path);
 //! - a fault: crash a node (its in-memory state is dropped and [`MemLogStorage::crash`] keeps
 //!   only synced writes; its state machine comes back from its last checkpoint), restart a
 //!   crashed node, cut the network in two, block one direction, or heal.
@@ -28,7 +29,9 @@
 //! 4. no acknowledged entry is lost across crashes: when a proposer learns "applied", the
 //!    entry is committed with that term and data, and it is on the synced log of a majority
 //!    (else a crash of those nodes could lose it); the full sweep re-checks every
-//!    acknowledged entry against the synced logs; at the end every node has applied it.
+//!    acknowledged entry against the synced logs; at the end every node has applied it;
+//! 5. no state machine has applied past its own log's synced commit index (DESIGN's "commit
+//!    before apply": a restart must never find state ahead of the log).
 //!
 //! The run ends with a heal phase: every node restarts, the network heals, and a fair schedule
 //! must elect a leader, commit one last proposal and bring every node to the same applied
@@ -59,7 +62,7 @@ use rand::{Rng, SeedableRng};
 use super::apply::{Apply, ApplyWorker, CommittedEntry, EntryKind};
 use super::mem_storage::MemLogStorage;
 use super::node::{NodeConfig, NodeError, RaftNode, Role};
-use super::proposal::{ProposalReceipt, ProposeError};
+use super::proposal::{ProposalReceipt, ProposeError, Proposer};
 use super::transport::Transport;
 
 #[cfg(test)]
@@ -111,6 +114,7 @@ pub(crate) struct NetCounts {
     pub cut: u64,
     pub to_down_node: u64,
     pub queue_full: u64,
+    pub duplicated: u64,
 }
 
 /// The in-memory network shared by the simulator and every node's [`SimTransport`].
@@ -299,15 +303,22 @@ pub(crate) struct SimConfig {
     pub steps: u64,
     /// Probability that a delivered message is lost instead.
     pub loss: f64,
+    /// Weight of client proposals among the actions (deliver 400, on_ready 220, apply 100,
+    /// tick 160, fault 10).
+    pub proposal_weight: u32,
+    /// Probability that a delivered message is also queued again, to arrive a second time.
+    pub duplicate: f64,
     /// A delivery takes one of the first this-many messages of its queue.
     pub reorder_window: usize,
     /// Messages one (from, to) queue holds; more are dropped (counted).
     pub queue_capacity: usize,
     /// Test-only fault: the nodes skip their fsync (while believing they did it).
     pub fault_skip_fsync: bool,
-    /// Check at each acknowledgement that a majority synced the entry. Off only to show that
-    /// crashes alone expose a loop that skips its fsync.
-    pub check_ack_durability: bool,
+    /// Test-only fault: the nodes apply committed entries before their commit index is synced.
+    pub fault_apply_before_sync: bool,
+    /// Check the rules that read synced state directly (rule 4's "synced on a majority" and
+    /// rule 5). Off only to show that crashes alone expose a loop that skips its fsync.
+    pub check_sync_rules: bool,
 }
 
 impl SimConfig {
@@ -318,10 +329,13 @@ impl SimConfig {
             nodes,
             steps,
             loss: [0.0, 0.02, 0.1, 0.25][rng.random_range(0..4)],
+            proposal_weight: 110,
+            duplicate: [0.0, 0.02][rng.random_range(0..2)],
             reorder_window: [1, 2, 4][rng.random_range(0..3)],
             queue_capacity: 256,
             fault_skip_fsync: false,
-            check_ack_durability: true,
+            fault_apply_before_sync: false,
+            check_sync_rules: true,
         }
     }
 }
@@ -377,6 +391,8 @@ type Node = RaftNode<MemLogStorage, SimTransport, DigestSm>;
 struct Live {
     node: Node,
     worker: ApplyWorker<DigestSm>,
+    /// The queue the runner's proposers use; the client sends half its proposals here.
+    proposer: Proposer<u64>,
     /// Highest commit index of this node already compared with the global record.
     checked_commit: u64,
 }
@@ -396,6 +412,8 @@ struct Pending {
     time_ms: i64,
     payload: Vec<u8>,
     receipt: ProposalReceipt<u64>,
+    /// Proposed in the heal phase: its acknowledgement ends the run.
+    is_final: bool,
 }
 
 /// An entry whose proposer was told it was applied.
@@ -424,6 +442,8 @@ pub(crate) struct Sim {
     acked: Vec<Acked>,
     /// The node the client sends proposals to.
     client_target: u64,
+    /// The first acknowledged proposal of the heal phase.
+    final_ack: Option<Acked>,
     report: SimReport,
 }
 
@@ -473,6 +493,7 @@ impl Sim {
             pending: Vec::new(),
             acked: Vec::new(),
             client_target: 1,
+            final_ack: None,
             report: SimReport::default(),
         };
         for i in 0..sim.slots.len() {
@@ -529,10 +550,14 @@ impl Sim {
         if self.cfg.fault_skip_fsync {
             node.set_skip_sync_for_test(true);
         }
+        if self.cfg.fault_apply_before_sync {
+            node.set_apply_before_sync_for_test(true);
+        }
         self.net.set_down(id, false);
         self.slots[i].live = Some(Live {
             node,
             worker: parts.applier,
+            proposer: parts.proposer,
             checked_commit: 0,
         });
         Ok(())
@@ -588,7 +613,10 @@ impl Sim {
 
     fn random_action(&mut self) -> Result<(), SimFailure> {
         let live = self.live_indexes();
-        let roll = self.rng.random_range(0..1000u32);
+        // Weights: deliver 400, on_ready 220, apply 100, tick 160, propose (configured),
+        // fault 10.
+        let propose_to = 880 + self.cfg.proposal_weight;
+        let roll = self.rng.random_range(0..propose_to + 10);
         let pick = |rng: &mut StdRng| live[rng.random_range(0..live.len())];
         match roll {
             0..400 => self.deliver_one(),
@@ -606,8 +634,8 @@ impl Sim {
                 self.tick(i);
                 Ok(())
             }
-            880..990 => self.propose(),
-            990..1000 => self.fault(),
+            r if (880..propose_to).contains(&r) => self.propose(),
+            r if r >= propose_to => self.fault(),
             _ => Ok(()),
         }
     }
@@ -634,6 +662,11 @@ impl Sim {
             return Ok(());
         };
         lock(&self.net.0).counts.delivered += 1;
+        // Now and then the network delivers a message twice (a retransmission).
+        if self.rng.random_bool(self.cfg.duplicate) {
+            lock(&self.net.0).counts.duplicated += 1;
+            self.net.enqueue(from, msg.clone());
+        }
         let kind = msg.get_msg_type();
         live.node.step(msg).map_err(|e| self.node_err(to, e))?;
         self.note(format!("deliver {kind:?} {from}->{to}"));
@@ -680,14 +713,23 @@ impl Sim {
         let time_ms = self.step as i64;
         let payload = format!("p{}-{}", self.seed, self.report.proposals).into_bytes();
         self.report.proposals += 1;
-        match live.node.propose(time_ms, &payload) {
+        // Straight into the step function, or through the proposal queue that the next
+        // `on_ready` drains (the threaded runner's path).
+        let queued = self.rng.random_bool(0.5);
+        let result = if queued {
+            live.proposer.propose(time_ms, &payload)
+        } else {
+            live.node.propose(time_ms, &payload)
+        };
+        match result {
             Ok(receipt) => {
-                self.note(format!("propose to {target}"));
+                self.note(format!("propose to {target} (queued: {queued})"));
                 self.pending.push(Pending {
                     node: target,
                     time_ms,
                     payload,
                     receipt,
+                    is_final: false,
                 });
             }
             Err(e) => {
@@ -709,8 +751,12 @@ impl Sim {
             .filter(|i| !live.contains(i))
             .collect();
         match self.rng.random_range(0..6u32) {
-            // Crash, keeping a majority up so that runs make progress between faults.
-            0 | 1 if (down.len() as u64) < n / 2 && !live.is_empty() => {
+            // Crash. Mostly a majority stays up so that runs make progress between faults;
+            // now and then a majority goes down too (safety must hold; progress waits).
+            0 | 1
+                if live.len() > 1
+                    && ((down.len() as u64) < n / 2 || self.rng.random_bool(0.15)) =>
+            {
                 let i = live[self.rng.random_range(0..live.len())];
                 self.crash(i);
                 self.note(format!("CRASH {}", i + 1));
@@ -793,6 +839,18 @@ impl Sim {
                 }
             }
         }
+        // 5. No state machine is ahead of its log's synced commit index: a crash then would
+        //    restart it next to a log that may commit something else at those indexes.
+        for slot in self.slots.iter().filter(|_| self.cfg.check_sync_rules) {
+            let Some(live) = &slot.live else { continue };
+            let (applied, synced) = (live.worker.applied(), slot.storage.durable_commit());
+            if applied > synced {
+                return Err(self.fail(format!(
+                    "node {} applied up to {applied} while its synced commit index is {synced}",
+                    slot.id
+                )));
+            }
+        }
         // 4. Acknowledged entries: committed as proposed, and synced on a majority.
         let mut still = Vec::new();
         for mut p in std::mem::take(&mut self.pending) {
@@ -816,6 +874,9 @@ impl Sim {
                     ));
                     self.report.acked += 1;
                     self.check_ack(&ack)?;
+                    if p.is_final && self.final_ack.is_none() {
+                        self.final_ack = Some(ack.clone());
+                    }
                     self.acked.push(ack);
                 }
             }
@@ -841,7 +902,7 @@ impl Sim {
                 self.committed.insert(ack.index, (ack.term, ack.data_hash));
             }
         }
-        if self.cfg.check_ack_durability {
+        if self.cfg.check_sync_rules {
             let synced = self
                 .slots
                 .iter()
@@ -902,7 +963,7 @@ impl Sim {
         for i in 0..self.slots.len() {
             self.check_committed(i, true)?;
         }
-        if self.cfg.check_ack_durability {
+        if self.cfg.check_sync_rules {
             for ack in &self.acked {
                 let synced = self
                     .slots
@@ -931,11 +992,13 @@ impl Sim {
                 self.report.restarts += 1;
             }
         }
-        let mut last: Option<ProposalReceipt<u64>> = None;
-        let mut final_ack: Option<Acked> = None;
-        let mut last_data = Vec::new();
-        let rounds = 2_000;
-        for _round in 0..rounds {
+        // A proposal whose leader is deposed before it commits stays unanswered until some
+        // entry commits at its index (it may still commit: another node may hold it). Like a
+        // client with a timeout, propose again after this many rounds without an answer.
+        const RETRY_ROUNDS: u64 = 40;
+        let mut last_final: Option<u64> = None;
+        let rounds = 2_000u64;
+        for round in 0..rounds {
             self.step += 1;
             for i in 0..self.slots.len() {
                 self.tick(i);
@@ -955,8 +1018,9 @@ impl Sim {
                 }
             }
             self.check()?;
-            if last.is_none()
-                && final_ack.is_none()
+            let due = last_final.is_none_or(|at| round >= at + RETRY_ROUNDS);
+            if self.final_ack.is_none()
+                && due
                 && let Some(i) = (0..self.slots.len()).find(|&i| {
                     self.slots[i]
                         .live
@@ -964,40 +1028,30 @@ impl Sim {
                         .is_some_and(|l| l.node.is_leader())
                 })
             {
-                let payload = format!("final-{}", self.seed).into_bytes();
+                let payload = format!("final-{}-{round}", self.seed).into_bytes();
                 let time_ms = self.step as i64;
-                if let Some(live) = self.slots[i].live.as_mut()
-                    && let Ok(r) = live.node.propose(time_ms, &payload)
-                {
-                    last_data = super::proposal::Proposal {
+                let result = self.slots[i]
+                    .live
+                    .as_mut()
+                    .map(|l| l.node.propose(time_ms, &payload));
+                self.note(format!(
+                    "final proposal to {}: {:?}",
+                    i + 1,
+                    result.as_ref().map(|r| r.as_ref().map(|_| ()))
+                ));
+                if let Some(Ok(receipt)) = result {
+                    last_final = Some(round);
+                    self.pending.push(Pending {
+                        node: i as u64 + 1,
                         time_ms,
-                        payload: &payload,
-                    }
-                    .encode();
-                    last = Some(r);
+                        payload,
+                        receipt,
+                        is_final: true,
+                    });
                 }
             }
-            if let Some(r) = last.as_mut()
-                && let Some(res) = r.try_outcome()
-            {
-                match res {
-                    Ok(applied) => {
-                        let ack = Acked {
-                            index: applied.index,
-                            term: applied.term,
-                            data_hash: hash_of(&[&last_data]),
-                        };
-                        self.check_ack(&ack)?;
-                        self.acked.push(ack.clone());
-                        final_ack = Some(ack);
-                    }
-                    // Lost to a leadership change: proposed again.
-                    Err(_) => {}
-                }
-                last = None;
-            }
-            if let Some(ack) = &final_ack
-                && self.converged(ack)
+            if let Some(ack) = self.final_ack.clone()
+                && self.converged(&ack)
             {
                 let commit = self.slots[0]
                     .live
@@ -1007,8 +1061,17 @@ impl Sim {
                 return self.check_all_acked_applied();
             }
         }
+        let statuses: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.live.as_ref())
+            .map(|l| format!("{:?}", l.node.status()))
+            .collect();
         Err(self.fail(format!(
-            "no convergence after {rounds} fair rounds of the heal phase"
+            "no convergence after {rounds} fair rounds of the heal phase (final proposal \
+             acknowledged: {}); nodes: {}",
+            self.final_ack.is_some(),
+            statuses.join("; ")
         )))
     }
 
