@@ -30,8 +30,8 @@
 //!    entry is committed with that term and data, and it is on the synced log of a majority
 //!    (else a crash of those nodes could lose it); the full sweep re-checks every
 //!    acknowledged entry against the synced logs; at the end every node has applied it;
-//! 5. no state machine has applied past its own log's synced commit index (DESIGN's "commit
-//!    before apply": a restart must never find state ahead of the log).
+//! 5. no state machine has applied past its own log's synced commit index (the Ready loop's
+//!    "commit before apply" rule: a restart must never find state ahead of the log).
 //!
 //! The run ends with a heal phase: every node restarts, the network heals, and a fair schedule
 //! must elect a leader, commit one last proposal and bring every node to the same applied
@@ -48,7 +48,7 @@
 //! explores new seeds; `ARGUS_SIM_STEPS` and `ARGUS_SIM_NODES` (3 or 5) change the run's size.
 //!
 //! Test-only (`#[cfg(test)]`): it relies on crate-internal fault knobs of the node (skipping
-//! the fsync) and is no API of the binary. The network is here, not in `transport`, because
+//! the fsync, applying before the commit index is synced) and is no API of the binary. The network is here, not in `transport`, because
 //! nothing but the harness uses it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -344,6 +344,10 @@ impl SimConfig {
 #[derive(Debug)]
 pub(crate) struct SimFailure {
     pub seed: u64,
+    pub nodes: u64,
+    pub steps: u64,
+    /// Whether a test-only fault was switched on (the replay command does not switch it on).
+    pub faulty: bool,
     pub step: u64,
     pub what: String,
     pub trace: Vec<String>,
@@ -358,9 +362,16 @@ impl std::fmt::Display for SimFailure {
         )?;
         writeln!(
             f,
-            "replay: {SEED_ENV}={} cargo test -p argus-coordinator --lib \
-             cluster::sim::tests::replay_one_seed -- --nocapture",
-            self.seed
+            "replay: {SEED_ENV}={} ARGUS_SIM_NODES={} ARGUS_SIM_STEPS={} cargo test -p \
+             argus-coordinator --lib cluster::sim::tests::replay_one_seed -- --nocapture{}",
+            self.seed,
+            self.nodes,
+            self.steps,
+            if self.faulty {
+                " (with this test's fault switched on)"
+            } else {
+                ""
+            }
         )?;
         writeln!(f, "last actions:")?;
         for t in &self.trace {
@@ -467,6 +478,17 @@ fn node_config(id: u64, nodes: u64) -> NodeConfig {
 
 impl Sim {
     pub(crate) fn new(seed: u64, cfg: SimConfig) -> Result<Self, SimFailure> {
+        if cfg.nodes == 0 || cfg.queue_capacity == 0 || cfg.reorder_window == 0 {
+            return Err(SimFailure {
+                seed,
+                nodes: cfg.nodes,
+                steps: cfg.steps,
+                faulty: false,
+                step: 0,
+                what: "nodes, queue_capacity and reorder_window must be at least 1".into(),
+                trace: Vec::new(),
+            });
+        }
         let net = SimNet::new(cfg.queue_capacity);
         let mut rng = StdRng::seed_from_u64(seed);
         let slots = (1..=cfg.nodes)
@@ -505,6 +527,9 @@ impl Sim {
     fn fail(&self, what: impl Into<String>) -> SimFailure {
         SimFailure {
             seed: self.seed,
+            nodes: self.cfg.nodes,
+            steps: self.cfg.steps,
+            faulty: self.cfg.fault_skip_fsync || self.cfg.fault_apply_before_sync,
             step: self.step,
             what: what.into(),
             trace: self.trace.iter().cloned().collect(),
@@ -938,12 +963,14 @@ impl Sim {
         let entries = live
             .node
             .log_entries(from, commit + 1)
-            .map_err(|e| SimFailure {
-                seed: self.seed,
-                step: self.step,
-                what: format!("node {id}: reading committed entries {from}..={commit}: {e}"),
-                trace: Vec::new(),
-            })?;
+            .map_err(|e| format!("node {id}: reading committed entries {from}..={commit}: {e}"));
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(what) => return Err(self.fail(what)),
+        };
+        let Some(live) = self.slots[i].live.as_mut() else {
+            return Ok(());
+        };
         live.checked_commit = live.checked_commit.max(commit);
         for e in entries {
             let got = (e.term, hash_of(&[&e.data]));

@@ -27,7 +27,7 @@ fn run_seed(seed: u64, nodes: u64, steps: u64) -> SimReport {
 fn sweep(base: u64, count: u64, nodes: Option<u64>, steps: u64) -> Vec<SimReport> {
     (base..base + count)
         .map(|seed| {
-            let n = nodes.unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
+            let n = nodes.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 });
             run_seed(seed, n, steps)
         })
         .collect()
@@ -36,7 +36,7 @@ fn sweep(base: u64, count: u64, nodes: Option<u64>, steps: u64) -> Vec<SimReport
 #[test]
 fn twenty_seeds_keep_every_invariant_through_crashes_partitions_and_loss() {
     let started = Instant::now();
-    let reports = sweep(0, 20, None, 3_000);
+    let reports = sweep(0, 20, None, 5_000);
     let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
     let (acked, crashes, restarts, partitions) = (
         sum(|r| r.acked),
@@ -83,7 +83,7 @@ fn a_seed_replays_to_the_same_run() {
 #[test]
 fn replay_one_seed() {
     let seed = env_u64(SEED_ENV).unwrap_or(1);
-    let nodes = env_u64("ARGUS_SIM_NODES").unwrap_or(if seed % 2 == 0 { 3 } else { 5 });
+    let nodes = env_u64("ARGUS_SIM_NODES").unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 });
     let steps = env_u64("ARGUS_SIM_STEPS").unwrap_or(3_000);
     let report = run_seed(seed, nodes, steps);
     eprintln!("seed {seed}: {report:?}");
@@ -132,7 +132,9 @@ fn a_loop_that_skips_its_fsync_fails_with_a_replayable_seed() {
     );
     let shown = failure.to_string();
     assert!(
-        shown.contains(&format!("{SEED_ENV}=3 cargo test")),
+        shown.contains(&format!(
+            "{SEED_ENV}=3 ARGUS_SIM_NODES=3 ARGUS_SIM_STEPS=3000 cargo test"
+        )),
         "{shown}"
     );
     assert!(!failure.trace.is_empty());
