@@ -77,6 +77,17 @@ impl MemLogStorage {
         self.lock().durable.hard_state.clone()
     }
 
+    /// The term of the entry at `index` that would survive a crash now, if there is one
+    /// (cheaper than [`Self::durable_entries`] for a check made after every step).
+    pub fn durable_term(&self, index: u64) -> Option<u64> {
+        self.lock().durable.slot(index).map(|e| e.term)
+    }
+
+    /// The commit index that would survive a crash now.
+    pub fn durable_commit(&self) -> u64 {
+        self.lock().durable.hard_state.commit
+    }
+
     /// How many times `sync` was called.
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs

@@ -11,6 +11,8 @@
 //! - [`transport`]: the peer transport seam; only "no peers" exists until the cluster issue.
 //! - [`apply`]: the state-machine seam and the apply worker that runs off the Ready thread.
 //! - [`proposal`]: the entry envelope (leader's time + payload) and the proposer handle.
+//! - `sim` (tests only): the deterministic multi-node harness over the same step function,
+//!   with an in-memory network, crashes and restarts, replayable from a printed seed.
 //! - [`stats`]: counters for `/metrics`.
 //! - [`doorbell`], [`logging`]: a wake-up primitive and the raft-rs → tracing log bridge.
 
@@ -23,6 +25,8 @@ pub mod node;
 pub mod proposal;
 pub mod runner;
 pub mod segment_log;
+#[cfg(test)]
+mod sim;
 pub mod stats;
 pub mod storage;
 pub mod transport;

@@ -71,8 +71,14 @@ pub struct NodeConfig {
     /// Voters to start a brand-new group with, used only when the log is empty and has no
     /// membership yet. `vec![id]` makes a one-voter group. Empty: wait to be added.
     pub bootstrap_voters: Vec<u64>,
-    /// Ticks without a leader before a follower campaigns.
+    /// Ticks without a leader before a follower campaigns (the lower end of raft's randomized
+    /// election timeout).
     pub election_tick: usize,
+    /// Upper end (exclusive) of the randomized election timeout; 0 means `2 * election_tick`,
+    /// raft-rs's default. raft-rs draws the timeout from the thread's RNG, so the
+    /// deterministic harness sets `election_tick + 1` to make the timeout fixed and draws the
+    /// spread from its own seeded schedule instead (when each node ticks).
+    pub max_election_tick: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
     /// Largest append message to a peer (DESIGN §6: about 1 MiB).
@@ -100,6 +106,7 @@ impl Default for NodeConfig {
             id: 1,
             bootstrap_voters: vec![1],
             election_tick: 10,
+            max_election_tick: 0,
             heartbeat_tick: 2,
             max_size_per_msg: MIB,
             max_inflight_msgs: 256,
@@ -232,6 +239,10 @@ pub struct RaftNode<S: LogStorage, T: Transport, A: Apply> {
     /// Test-only: make the loop skip its fsync, to show the crash test catches that bug.
     #[cfg(test)]
     skip_sync_for_test: bool,
+    /// Test-only: hand committed entries to apply before their commit index is synced, to
+    /// show the cluster harness catches that bug.
+    #[cfg(test)]
+    apply_before_sync_for_test: bool,
     _state_machine: PhantomData<fn() -> A>,
 }
 
@@ -273,6 +284,7 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_tick,
+            max_election_tick: cfg.max_election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
             applied,
             max_size_per_msg: cfg.max_size_per_msg,
@@ -329,6 +341,8 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
             advanced: applied,
             #[cfg(test)]
             skip_sync_for_test: false,
+            #[cfg(test)]
+            apply_before_sync_for_test: false,
             _state_machine: PhantomData,
         };
         // A lone voter need not wait out an election timeout to lead its own group.
@@ -452,6 +466,16 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Entries `[low, high)` of raft's log, whether already written to storage or still
+    /// unstable: the harness compares every node's committed prefix through this.
+    pub fn log_entries(&self, low: u64, high: u64) -> Result<Vec<Entry>, NodeError> {
+        Ok(self
+            .raw
+            .raft
+            .raft_log
+            .slice(low, high, None, raft::GetEntriesContext::empty(false))?)
+    }
+
     /// The log storage (tests and the harness inspect it).
     pub fn storage(&self) -> &S {
         self.raw.store()
@@ -470,6 +494,21 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
     #[cfg(test)]
     pub(crate) fn set_skip_sync_for_test(&mut self, skip: bool) {
         self.skip_sync_for_test = skip;
+    }
+
+    /// Test-only knob: apply committed entries before their commit index is synced.
+    #[cfg(test)]
+    pub(crate) fn set_apply_before_sync_for_test(&mut self, on: bool) {
+        self.apply_before_sync_for_test = on;
+    }
+
+    /// Entries up to this index may go to the state machine: the synced commit index.
+    fn releasable_commit(&self) -> u64 {
+        #[cfg(test)]
+        if self.apply_before_sync_for_test {
+            return self.raw.raft.raft_log.committed;
+        }
+        self.durable_commit
     }
 
     fn leader(&self) -> Option<u64> {
@@ -663,17 +702,16 @@ impl<S: LogStorage, T: Transport, A: Apply> RaftNode<S, T, A> {
         {
             return Ok(());
         }
+        let releasable = self.releasable_commit();
         loop {
             let snapshot = match &self.pending_snapshot {
-                Some(s) if s.get_metadata().index <= self.durable_commit => {
-                    self.pending_snapshot.take()
-                }
+                Some(s) if s.get_metadata().index <= releasable => self.pending_snapshot.take(),
                 _ => None,
             };
             let mut entries = Vec::new();
             let mut bytes = 0u64;
             while let Some(e) = self.to_apply.front() {
-                if e.index > self.durable_commit
+                if e.index > releasable
                     || (!entries.is_empty()
                         && bytes + e.data.len() as u64 > self.cfg.max_committed_size_per_ready)
                 {
@@ -805,6 +843,9 @@ fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
     }
     if cfg.heartbeat_tick == 0 || cfg.election_tick <= cfg.heartbeat_tick {
         return fail("election_tick must be greater than heartbeat_tick, which must be > 0");
+    }
+    if cfg.max_election_tick != 0 && cfg.max_election_tick <= cfg.election_tick {
+        return fail("max_election_tick must be 0 (default) or greater than election_tick");
     }
     if cfg.proposal_queue == 0 || cfg.apply_queue_batches == 0 {
         return fail("proposal_queue and apply_queue_batches must be > 0");

@@ -1,9 +1,11 @@
 //! The peer transport seam.
 //!
 //! The Ready loop hands every outbound Raft message to a [`Transport`]. In the cluster issue,
-//! messages go to peers over QUIC with mutual TLS (DESIGN §6), and the deterministic harness
-//! plugs in an in-memory network; here the only implementation is [`NoPeers`], which is all a
-//! one-voter group needs: it never addresses anyone.
+//! messages go to peers over QUIC with mutual TLS (DESIGN §6). The deterministic harness
+//! (`cluster::sim`, tests only) plugs in an in-memory network that queues each message per
+//! (from, to) for the simulator to deliver, lose, reorder or cut. Here the only production
+//! implementation is [`NoPeers`], which is all a one-voter group needs: it never addresses
+//! anyone.
 
 use raft::prelude::Message;
 

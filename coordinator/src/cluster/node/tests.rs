@@ -645,6 +645,21 @@ fn an_entry_apply_cannot_read_stops_the_node_and_fails_its_proposer() {
 }
 
 #[test]
+fn an_empty_election_timeout_range_is_refused_by_name() {
+    let (sm, _) = Recorder::new(0);
+    let config = NodeConfig {
+        max_election_tick: 10,
+        ..cfg(1, &[1])
+    };
+    let err = RaftNode::build(config, MemLogStorage::new(), NoPeers, sm).err();
+    assert!(
+        matches!(&err, Some(NodeError::Config(m)) if m.contains("max_election_tick")),
+        "{:?}",
+        err.map(|e| e.to_string())
+    );
+}
+
+#[test]
 fn state_past_the_logs_commit_is_refused_at_start() {
     let (sm, _) = Recorder::new(50);
     let err = RaftNode::build(cfg(1, &[1]), MemLogStorage::new(), NoPeers, sm).err();
