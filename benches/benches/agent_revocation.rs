@@ -69,7 +69,10 @@ fn main() -> Result<()> {
     let enrolled = rt
         .block_on(loadgen::enroll_all(to, &join, &hosts, PER_SOURCE, 16))
         .context("enrolling")?;
-    let endpoints = loadgen::data_endpoints(2)?;
+    let endpoints = {
+        let _runtime = rt.enter();
+        loadgen::data_endpoints(2)?
+    };
     let few = series(4);
     let many = series(LOAD_SERIES);
     let (targets, load) = rt.block_on(async {
@@ -105,7 +108,7 @@ fn main() -> Result<()> {
                 interval: Duration::from_secs(1),
                 aligned: false,
             },
-            Duration::from_secs(10 + 3 * trials as u64),
+            Duration::from_secs(5 + trials as u64),
             Duration::from_secs(30),
         ))
     });

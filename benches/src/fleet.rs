@@ -44,7 +44,7 @@ impl Admin {
             ..CreateTokenRequest::default()
         };
         let (status, body) = self.call("POST", "/api/tokens", &serde_json::to_vec(&req)?)?;
-        if status != 200 {
+        if !(200..300).contains(&status) {
             bail!(
                 "POST /api/tokens answered {status}: {}",
                 String::from_utf8_lossy(&body)
@@ -60,7 +60,7 @@ impl Admin {
     pub fn revoke(&self, agent_id: &str) -> Result<()> {
         let path = format!("/api/agents/{agent_id}");
         let (status, body) = self.call("DELETE", &path, b"")?;
-        if status != 200 {
+        if !(200..300).contains(&status) {
             bail!(
                 "DELETE {path} answered {status}: {}",
                 String::from_utf8_lossy(&body)

@@ -410,6 +410,8 @@ pub struct PhaseStats {
     pub retries: u64,
     /// Latency of every acknowledged batch of the phase, seconds.
     pub latencies: Vec<f64>,
+    /// The same with when the batch was written (seconds from the phase's start).
+    pub timed_latencies: Vec<(f64, f64)>,
     /// Writes that happened more than 100 ms after their slot (the window was full).
     pub late_writes: u64,
     /// Batches still unanswered when the drain gave up.
@@ -421,6 +423,15 @@ impl PhaseStats {
     /// Points written per second of the writing window.
     pub fn offered_rate(&self) -> f64 {
         self.points_written as f64 / self.write_secs.max(1e-9)
+    }
+
+    /// Latencies of the batches written `after` seconds or more into the phase.
+    pub fn latencies_after(&self, after: f64) -> Vec<f64> {
+        self.timed_latencies
+            .iter()
+            .filter(|(at, _)| *at >= after)
+            .map(|(_, l)| *l)
+            .collect()
     }
 
     /// Points acknowledged per second, first write to last answer.
@@ -537,6 +548,8 @@ pub async fn run_phase(
         stats.unanswered += s.pending.len() as u64;
         for (sent, lat) in &s.acked[mark..] {
             stats.latencies.push(*lat);
+            let at = sent.saturating_duration_since(start).as_secs_f64();
+            stats.timed_latencies.push((at, *lat));
             last_answer = last_answer.max(*sent + Duration::from_secs_f64(*lat));
         }
         stats.retries += s.retries;
@@ -556,7 +569,8 @@ pub async fn run_phase(
     Ok((agents, stats))
 }
 
-/// Client endpoints on 127.0.0.1 for data connections, `count` of them.
+/// Client endpoints on 127.0.0.1 for data connections, `count` of them. Call it inside
+/// the tokio runtime (quinn drives each endpoint from a task).
 pub fn data_endpoints(count: usize) -> Result<Vec<quinn::Endpoint>> {
     (0..count.max(1))
         .map(|_| {
