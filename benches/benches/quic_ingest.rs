@@ -381,9 +381,9 @@ impl Fleet {
             let _runtime = rt.enter();
             loadgen::data_endpoints(ENDPOINTS)?
         };
-        let agents = rt.block_on(async {
+        let (agents, reconnects) = rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
-            let gate = Arc::new(tokio::sync::Semaphore::new(32));
+            let gate = Arc::new(tokio::sync::Semaphore::new(16));
             for (i, e) in enrolled.into_iter().enumerate() {
                 let ep = endpoints[i % endpoints.len()].clone();
                 let defs = loadgen::series_defs(&load.series[i]);
@@ -391,18 +391,34 @@ impl Fleet {
                 tasks.spawn(async move {
                     let _p = gate.acquire_owned().await?;
                     let inc = SEED.wrapping_mul(i as u64 + 1) | 1;
-                    loadgen::connect(&ep, to, &e, &defs, IN_FLIGHT, inc)
-                        .await
-                        .map(|a| (i, a))
+                    // As the agent does, a failed handshake is tried again after a pause
+                    // (on a busy 2-core machine a handshake can outlast the 3 s idle timeout).
+                    let mut attempt = 0;
+                    loop {
+                        match loadgen::connect(&ep, to, &e, &defs, IN_FLIGHT, inc).await {
+                            Ok(a) => return anyhow::Ok((i, a, attempt)),
+                            Err(err) if attempt < 5 => {
+                                attempt += 1;
+                                tracing_note(&e.host, attempt, &err);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(err) => return Err(err),
+                        }
+                    }
                 });
             }
             let mut out: Vec<Option<Agent>> = (0..load.hosts.len()).map(|_| None).collect();
+            let mut reconnects = 0;
             while let Some(r) = tasks.join_next().await {
-                let (i, a) = r??;
+                let (i, a, retried) = r??;
+                reconnects += retried;
                 out[i] = Some(a);
             }
-            anyhow::Ok(out.into_iter().flatten().collect::<Vec<_>>())
+            anyhow::Ok((out.into_iter().flatten().collect::<Vec<_>>(), reconnects))
         })?;
+        if reconnects > 0 {
+            println!("{reconnects} data handshakes were tried again");
+        }
         wait_applied(port, Duration::from_secs(300))?;
         let connect_secs = t.elapsed().as_secs_f64();
         let rss_connected = proc::rss_bytes(server.pid).unwrap_or(0);
@@ -467,6 +483,14 @@ impl Fleet {
         let stop = self.server.stop(Duration::from_secs(120))?;
         Ok((metrics, stop))
     }
+}
+
+/// Says why a simulated agent connects again.
+fn tracing_note(host: &str, attempt: usize, err: &anyhow::Error) {
+    println!(
+        "{host}: connecting again (attempt {}) after: {err:#}",
+        attempt + 1
+    );
 }
 
 /// Waits until the node has applied everything it committed and its applied index has
