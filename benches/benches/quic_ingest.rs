@@ -626,7 +626,7 @@ fn run_saturation(
         fleet.connect_secs
     );
     println!(
-        "{:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8}",
+        "{:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>8}",
         "interval",
         "nominal/s",
         "offered/s",
@@ -636,7 +636,8 @@ fn run_saturation(
         "late %",
         "retries",
         "argus cpu",
-        "gen cpu"
+        "gen cpu",
+        "reconn"
     );
     let mut steps = Vec::new();
     let mut interval = Duration::from_secs(1);
@@ -672,7 +673,7 @@ fn run_saturation(
 fn print_step(name: &str, nominal: f64, m: &Measured, cores: usize) {
     let p = &m.phase;
     println!(
-        "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>7.1} {:>9} {:>9.0}% {:>7.0}%",
+        "{:>10} {:>12.0} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>7.1} {:>9} {:>9.0}% {:>7.0}% {:>8}",
         name,
         nominal,
         p.offered_rate(),
@@ -682,7 +683,8 @@ fn print_step(name: &str, nominal: f64, m: &Measured, cores: usize) {
         100.0 * p.late_writes as f64 / p.batches.max(1) as f64,
         p.retries,
         100.0 * m.server_cpu / (m.wall * cores as f64),
-        100.0 * m.gen_share
+        100.0 * m.gen_share,
+        p.reconnects
     );
 }
 
@@ -884,6 +886,11 @@ fn print_paced(sc: &Scenario, a: &ArgusPaced, v: &VmRun, cores: usize) {
         "late writes / requests (> 100 ms after slot)",
         p.late_writes.to_string(),
         v.late.to_string(),
+    );
+    row(
+        "connections lost and reopened, acks lost",
+        format!("{} {}", p.reconnects, p.acked_unmeasured),
+        "-".into(),
     );
     row(
         "retries, refused samples, unanswered batches",

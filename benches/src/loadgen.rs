@@ -24,7 +24,7 @@ use argus_common::model::{Labels, MetricType, PointGroup, SeriesDef, SeriesRef};
 use argus_common::pki::{JoinString, NodeKey};
 use argus_common::quic::{close, data_client_config, enroll_client_config};
 use argus_common::wire::{
-    Batch, EnrollRequest, FrameLimits, Hello, MAX_SERIES_DEFS, Message, PROTOCOL_VERSION,
+    Batch, EnrollRequest, FrameLimits, Hello, HelloOk, MAX_SERIES_DEFS, Message, PROTOCOL_VERSION,
     SeriesDefs, encode_frame, read_frame, write_frame,
 };
 use std::collections::BTreeMap;
@@ -46,6 +46,11 @@ pub type ValueTable = Vec<Vec<(SeriesRef, f64)>>;
 
 /// Every agent's [`ValueTable`], shared by the writers.
 pub type Values = Arc<Vec<ValueTable>>;
+
+/// Says why a simulated agent connects again (on stdout: this is a bench's report).
+fn tracing_free_note(host: &str, e: &anyhow::Error) {
+    println!("{host}: connecting again after: {e:#}");
+}
 
 /// Wall clock in ms since the epoch.
 pub fn wall_ms() -> i64 {
@@ -181,6 +186,9 @@ struct Shared {
     refused_points: u64,
     /// Why the connection ended, once it has.
     ended: Option<String>,
+    reconnects: u64,
+    /// Batches found applied after a reconnect, whose `Ack` was lost with the connection.
+    acked_unmeasured: u64,
 }
 
 /// One simulated agent's live data session.
@@ -196,6 +204,56 @@ pub struct Agent {
     last_ts: i64,
     /// Batches written, across phases: picks the row of the value table.
     written: u64,
+    link: Link,
+    /// A write failed: reconnect before the next one.
+    broken: bool,
+}
+
+/// What reconnecting needs.
+struct Link {
+    ep: quinn::Endpoint,
+    to: SocketAddr,
+    cfg: quinn::ClientConfig,
+    hello: Hello,
+    defs: Arc<Vec<SeriesDef>>,
+    in_flight: usize,
+}
+
+/// Handshake with the agent's certificate, `Hello`, `HelloOk`, then `defs`.
+async fn open_session(
+    ep: &quinn::Endpoint,
+    to: SocketAddr,
+    cfg: quinn::ClientConfig,
+    hello: Hello,
+    defs: &[SeriesDef],
+) -> Result<(
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    HelloOk,
+)> {
+    let host = hello.host_name.clone();
+    let conn = tokio::time::timeout(ANSWER_TIMEOUT, ep.connect_with(cfg, to, SERVER_NAME)?)
+        .await
+        .context("data handshake timed out")?
+        .with_context(|| format!("data handshake of {host}"))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let limits = FrameLimits::default();
+    write_frame(&mut send, &Message::Hello(hello), &limits).await?;
+    let ok = match tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut recv, &limits)).await {
+        Ok(Ok(Some(Message::HelloOk(ok)))) => ok,
+        other => bail!(
+            "{host}: expected HelloOk, got {other:?} (connection: {:?})",
+            conn.close_reason()
+        ),
+    };
+    for part in defs.chunks(MAX_SERIES_DEFS) {
+        let msg = Message::SeriesDefs(SeriesDefs {
+            defs: part.to_vec(),
+        });
+        write_frame(&mut send, &msg, &limits).await?;
+    }
+    Ok((conn, send, recv, ok))
 }
 
 /// Opens a data session for `e` through `ep`: handshake with its certificate, `Hello`,
@@ -215,12 +273,6 @@ pub async fn connect(
         in_flight,
     )
     .map_err(|err| anyhow!("data client config: {err}"))?;
-    let conn = tokio::time::timeout(ANSWER_TIMEOUT, ep.connect_with(cfg, to, SERVER_NAME)?)
-        .await
-        .context("data handshake timed out")?
-        .with_context(|| format!("data handshake of {}", e.host))?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let limits = FrameLimits::default();
     let hello = Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
@@ -230,22 +282,7 @@ pub async fn connect(
         agent_version: "bench-loadgen".into(),
         capabilities: Vec::new(),
     };
-    write_frame(&mut send, &Message::Hello(hello), &limits).await?;
-    let (next_seq, _) =
-        match tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut recv, &limits)).await {
-            Ok(Ok(Some(Message::HelloOk(ok)))) => (ok.next_seq(1), ok.next_ref(1)),
-            other => bail!(
-                "{}: expected HelloOk, got {other:?} (connection: {:?})",
-                e.host,
-                conn.close_reason()
-            ),
-        };
-    for part in defs.chunks(MAX_SERIES_DEFS) {
-        let msg = Message::SeriesDefs(SeriesDefs {
-            defs: part.to_vec(),
-        });
-        write_frame(&mut send, &msg, &limits).await?;
-    }
+    let (conn, send, recv, ok) = open_session(ep, to, cfg.clone(), hello.clone(), defs).await?;
     let send = Arc::new(tokio::sync::Mutex::new(send));
     let window = Arc::new(Semaphore::new(in_flight));
     let shared = Arc::new(Mutex::new(Shared::default()));
@@ -263,9 +300,18 @@ pub async fn connect(
         window,
         shared,
         incarnation,
-        next_seq,
+        next_seq: ok.next_seq(1),
         last_ts: i64::MIN,
         written: 0,
+        link: Link {
+            ep: ep.clone(),
+            to,
+            cfg,
+            hello,
+            defs: Arc::new(defs.to_vec()),
+            in_flight,
+        },
+        broken: false,
     })
 }
 
@@ -319,6 +365,8 @@ async fn read_answers(
     if let Ok(mut s) = shared.lock() {
         s.ended = Some(ended);
     }
+    // A writer waiting for a slot learns that this connection is gone.
+    window.close();
 }
 
 impl Agent {
@@ -330,6 +378,65 @@ impl Agent {
     /// Batches written and not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.shared.lock().map_or(0, |s| s.pending.len())
+    }
+
+    /// Whether the connection is gone and the agent must connect again.
+    pub fn needs_reconnect(&self) -> bool {
+        self.broken || self.ended().is_some()
+    }
+
+    /// Connects again as the agent does after losing its connection: `Hello`, drops the
+    /// pending batches `HelloOk` says were applied (their `Ack` was lost: counted, no
+    /// latency), definitions, then every other pending batch again. Tries up to 10
+    /// times, a second apart.
+    pub async fn reconnect(&mut self) -> Result<()> {
+        self.conn.close(close::DONE, b"reconnecting");
+        let mut attempt = 0;
+        let (conn, send, recv, ok) = loop {
+            let l = &self.link;
+            match open_session(&l.ep, l.to, l.cfg.clone(), l.hello.clone(), &l.defs).await {
+                Ok(x) => break x,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing_free_note(&self.host, &e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let (resend, pending) = {
+            let mut s = self.shared.lock().map_err(|_| anyhow!("poisoned"))?;
+            s.reconnects += 1;
+            s.ended = None;
+            if let Some(h) = ok.highest_applied_seq {
+                let done: Vec<u64> = s.pending.range(..=h).map(|(k, _)| *k).collect();
+                for k in done {
+                    if let Some(p) = s.pending.remove(&k) {
+                        s.acked_points += p.points;
+                        s.acked_unmeasured += 1;
+                    }
+                }
+            }
+            let resend: Vec<Arc<Vec<u8>>> = s.pending.values().map(|p| p.frame.clone()).collect();
+            (resend, s.pending.len())
+        };
+        self.next_seq = ok.next_seq(self.next_seq);
+        let send = Arc::new(tokio::sync::Mutex::new(send));
+        for f in resend {
+            send.lock().await.write_all(&f).await?;
+        }
+        let window = Arc::new(Semaphore::new(self.link.in_flight.saturating_sub(pending)));
+        tokio::spawn(read_answers(
+            recv,
+            send.clone(),
+            window.clone(),
+            self.shared.clone(),
+        ));
+        self.conn = conn;
+        self.send = send;
+        self.window = window;
+        self.broken = false;
+        Ok(())
     }
 
     /// Writes batch `k` of the agent's value table stamped `ts` (moved past the agent's
@@ -366,7 +473,10 @@ impl Agent {
                 },
             );
         }
-        self.send.lock().await.write_all(&frame).await?;
+        // A failed write leaves the batch pending: the reconnect sends it again.
+        if self.send.lock().await.write_all(&frame).await.is_err() {
+            self.broken = true;
+        }
         self.next_seq += 1;
         self.last_ts = ts;
         self.written += 1;
@@ -414,6 +524,10 @@ pub struct PhaseStats {
     pub timed_latencies: Vec<(f64, f64)>,
     /// Writes that happened more than 100 ms after their slot (the window was full).
     pub late_writes: u64,
+    /// Connections lost and opened again (as the agent does).
+    pub reconnects: u64,
+    /// Batches found applied on reconnecting, whose `Ack` was lost (no latency).
+    pub acked_unmeasured: u64,
     /// Batches still unanswered when the drain gave up.
     pub unanswered: u64,
     pub log: Vec<Written>,
@@ -438,6 +552,25 @@ impl PhaseStats {
     pub fn acked_rate(&self) -> f64 {
         self.points_acked as f64 / self.total_secs.max(1e-9)
     }
+}
+
+/// [`Agent::write_batch`], connecting again first whenever the connection is gone.
+async fn write_or_reconnect(
+    agent: &mut Agent,
+    table: &[Vec<(SeriesRef, f64)>],
+    ts: i64,
+) -> Result<i64> {
+    for _ in 0..10 {
+        if agent.needs_reconnect() {
+            agent.reconnect().await?;
+        }
+        match agent.write_batch(table, ts).await {
+            Ok(ts) => return Ok(ts),
+            Err(_) if agent.needs_reconnect() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    bail!("{}: the connection kept failing", agent.host)
 }
 
 /// Writes batches from every agent for `duration` as `pace` says, then waits up to
@@ -482,7 +615,8 @@ pub async fn run_phase(
                             let slot_wall =
                                 start_wall + slot.duration_since(start).as_millis() as i64;
                             let row = (agent.written % table.len() as u64) as usize;
-                            let ts = agent.write_batch(table, slot_wall / iv * iv).await?;
+                            let ts =
+                                write_or_reconnect(&mut agent, table, slot_wall / iv * iv).await?;
                             let now = Instant::now();
                             if now.duration_since(slot) > Duration::from_millis(100) {
                                 late += 1;
@@ -499,7 +633,7 @@ pub async fn run_phase(
                     Pace::Unpaced => {
                         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                             let row = (agent.written % table.len() as u64) as usize;
-                            let ts = agent.write_batch(table, wall_ms()).await?;
+                            let ts = write_or_reconnect(&mut agent, table, wall_ms()).await?;
                             log.push(Written {
                                 agent: i,
                                 at: Instant::now().duration_since(start),
@@ -528,7 +662,7 @@ pub async fn run_phase(
         stats.log.extend(log);
         agents[i] = Some(agent);
     }
-    let agents: Vec<Agent> = agents.into_iter().flatten().collect();
+    let mut agents: Vec<Agent> = agents.into_iter().flatten().collect();
     if let Some(e) = first_error {
         bail!("a simulated agent failed: {e}");
     }
@@ -537,8 +671,10 @@ pub async fn run_phase(
     stats.write_secs = (last_write - first_write).as_secs_f64();
     let drain_until = Instant::now() + drain;
     while Instant::now() < drain_until && agents.iter().any(|a| a.pending() > 0) {
-        if let Some(a) = agents.iter().find(|a| a.ended().is_some()) {
-            bail!("{}: connection ended: {:?}", a.host, a.ended());
+        for a in agents.iter_mut() {
+            if a.pending() > 0 && a.needs_reconnect() {
+                a.reconnect().await?;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -561,6 +697,8 @@ pub async fn run_phase(
         if let Ok(mut s) = a.shared.lock() {
             stats.points_acked += std::mem::take(&mut s.acked_points);
             stats.points_refused += std::mem::take(&mut s.refused_points);
+            stats.reconnects += std::mem::take(&mut s.reconnects);
+            stats.acked_unmeasured += std::mem::take(&mut s.acked_unmeasured);
             s.retries = 0;
         }
     }
