@@ -55,10 +55,11 @@
 //! (needs `apt-get install victoria-metrics`; `strace` and `perf` are optional).
 
 use anyhow::{Context, Result, bail};
-use argus_coordinator::api::remote_write::{
-    CONTENT_ENCODING, CONTENT_TYPE, TimeSeries, VERSION_1, VERSION_HEADER, WriteRequest,
-    encode_body,
-};
+use argus_benches::http::{Metrics, http_get};
+use argus_benches::remote_write::send_shard;
+use argus_benches::server::{Server, VM_BIN, argus_command, vm_command, which};
+use argus_benches::stats::{histogram_quantile, quantile};
+use argus_coordinator::api::remote_write::{TimeSeries, WriteRequest, encode_body};
 use argus_coordinator::server::LOG_DIR;
 use argus_coordinator::tsdb::chunk;
 use argus_coordinator::tsdb::mix::{self, SeriesSpec, Shape};
@@ -67,24 +68,18 @@ use argus_coordinator::tsdb::tier::Tiers;
 use argus_testkit::bench::{TempDir, env_usize};
 use argus_testkit::proc;
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const VM_BIN: &str = "/usr/bin/victoria-metrics";
 const MIX_SEED: u64 = 20_240_917;
 /// Series per simulated host: they share an `instance` label.
 const SERIES_PER_HOST: usize = 40;
 /// The head's chunk length (`HeadConfig::default().chunk_samples`), for the codec line.
 const CHUNK_SAMPLES: usize = 120;
-const SYNC_CALLS: &str = "fsync,fdatasync,sync_file_range";
 
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
@@ -442,9 +437,6 @@ struct RunResult {
     notes: Vec<String>,
 }
 
-/// Sync calls in a time window: count by syscall name, and every duration (s).
-type SyncCalls = (BTreeMap<String, u64>, Vec<f64>);
-
 /// Sync calls strace saw during the load of a separate, traced pass.
 struct Traced {
     /// Calls by syscall name.
@@ -468,25 +460,6 @@ impl RunResult {
     fn final_disk(&self) -> u64 {
         counted(self.disk_compacted.as_deref().unwrap_or(&self.disk))
     }
-}
-
-fn argus_command(bin: &Path, data: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-fn vm_command(data: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(VM_BIN);
-    cmd.arg(format!("-storageDataPath={}", data.display()))
-        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-        .arg("-retentionPeriod=1");
-    cmd
 }
 
 /// A second pass of the same load on a fresh directory under strace, for the fsync
@@ -765,57 +738,21 @@ fn drive(
             let (first, last_ok, results, failed) = (&first, &last_ok, &results, &failed);
             let port = server.port;
             senders.push(scope.spawn(move || {
-                let mut conn = Conn::new(port);
-                let mut ok = 0usize;
-                let mut failures = 0usize;
-                let mut first_failure = None;
-                let mut retries = 0usize;
                 if let Ok(mut f) = first.lock() {
                     let now = Instant::now();
                     *f = Some(f.map_or(now, |f| f.min(now)));
                 }
-                for req in shard {
-                    let mut attempts = 0;
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match conn.request(
-                            "POST",
-                            "/api/v1/write",
-                            &REMOTE_WRITE_HEADERS,
-                            &req.body,
-                        ) {
-                            Ok((status, _)) if (200..300).contains(&status) => {
-                                ok += req.samples;
-                                let now = Instant::now();
-                                if let Ok(mut l) = last_ok.lock() {
-                                    *l = Some(l.map_or(now, |l| l.max(now)));
-                                }
-                                break;
-                            }
-                            Ok((status, body)) if status != 429 && status < 500 => {
-                                failures += 1;
-                                first_failure.get_or_insert_with(|| {
-                                    format!("{status}: {}", String::from_utf8_lossy(&body))
-                                });
-                                break;
-                            }
-                            other => {
-                                attempts += 1;
-                                retries += 1;
-                                if attempts > 50 {
-                                    failed.store(true, Ordering::Relaxed);
-                                    first_failure
-                                        .get_or_insert_with(|| format!("giving up: {other:?}"));
-                                    failures += 1;
-                                    break;
-                                }
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                        }
-                    }
+                let out = send_shard(
+                    port,
+                    shard.iter().map(|r| (r.body.as_slice(), r.samples)),
+                    failed,
+                    |_| {},
+                );
+                if let (Some(now), Ok(mut l)) = (out.last_ok, last_ok.lock()) {
+                    *l = Some(l.map_or(now, |l| l.max(now)));
                 }
+                let (ok, failures, first_failure, retries) =
+                    (out.ok, out.failures, out.first_failure, out.retries);
                 if let Ok(mut r) = results.lock() {
                     r.push((ok, failures, first_failure, retries));
                 }
@@ -871,176 +808,6 @@ fn drive(
         println!("first failure: {f}");
     }
     Ok(r)
-}
-
-const REMOTE_WRITE_HEADERS: [(&str, &str); 3] = [
-    ("Content-Type", CONTENT_TYPE),
-    ("Content-Encoding", CONTENT_ENCODING),
-    (VERSION_HEADER, VERSION_1),
-];
-
-/// A server process, under strace or not, killed if the bench ends early.
-struct Server {
-    child: Child,
-    /// The server's own pid (strace's child when traced).
-    pid: u32,
-    port: u16,
-    log: PathBuf,
-    trace: Option<PathBuf>,
-    window_start: Option<SystemTime>,
-    window_end: Option<SystemTime>,
-}
-
-impl Server {
-    fn start(mut cmd: Command, dir: &Path, port: u16, ready: &str, strace: bool) -> Result<Server> {
-        let log = dir.join("server.log");
-        let program = cmd.get_program().to_os_string();
-        let trace = strace.then(|| dir.join("strace.out"));
-        let mut cmd = match &trace {
-            Some(out) => {
-                let mut s = Command::new("strace");
-                s.args(["-f", "--seccomp-bpf", "-ttt", "-T", "-e"])
-                    .arg(format!("trace={SYNC_CALLS}"))
-                    .arg("-o")
-                    .arg(out)
-                    .arg("--")
-                    .arg(cmd.get_program())
-                    .args(cmd.get_args());
-                for (k, v) in cmd.get_envs() {
-                    if let Some(v) = v {
-                        s.env(k, v);
-                    }
-                }
-                s
-            }
-            None => std::mem::replace(&mut cmd, Command::new("true")),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        let mut server = Server {
-            pid: child.id(),
-            child,
-            port,
-            log,
-            trace,
-            window_start: None,
-            window_end: None,
-        };
-        let t = Instant::now();
-        loop {
-            if server.trace.is_some()
-                && server.pid == server.child.id()
-                && let Some(p) = child_of(server.child.id(), &program)
-            {
-                server.pid = p;
-            }
-            let up = server.pid != server.child.id() || server.trace.is_none();
-            if up && matches!(http_get(port, ready), Ok((200, _))) {
-                return Ok(server);
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                bail!(
-                    "server exited ({status}) before it was ready: {}",
-                    server.log_tail()
-                );
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                bail!("server not ready after 60 s: {}", server.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then waits; returns how long the stop took.
-    fn stop(&mut self, limit: Duration) -> Result<f64> {
-        let t = Instant::now();
-        // SAFETY: kill has no memory preconditions; the pid is our child (or strace's).
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        while t.elapsed() < limit {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    println!("server exit status {status}: {}", self.log_tail());
-                }
-                return Ok(t.elapsed().as_secs_f64());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("server did not stop within {limit:?}: {}", self.log_tail())
-    }
-
-    /// Sync calls strace saw in the load window: count by call, and durations.
-    fn traced(&self) -> Result<Option<SyncCalls>> {
-        let (Some(path), Some(from), Some(to)) = (&self.trace, self.window_start, self.window_end)
-        else {
-            return Ok(None);
-        };
-        let epoch = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        };
-        let text = std::fs::read_to_string(path)?;
-        Ok(Some(parse_strace(&text, epoch(from), epoch(to))))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: as in `stop`.
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `strace -f -ttt -T` lines: `PID SECS.USECS call(args) = 0 <DUR>`, or split into
-/// `call(args <unfinished ...>` and `<... call resumed>) = 0 <DUR>` when threads interleave.
-fn parse_strace(text: &str, from: f64, to: f64) -> SyncCalls {
-    let mut calls = BTreeMap::new();
-    let mut durations = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(_pid), Some(ts)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(ts) = ts.parse::<f64>() else { continue };
-        let rest: Vec<&str> = words.collect();
-        let name = match rest.first() {
-            Some(&"<...") => rest.get(1).copied().unwrap_or(""),
-            Some(w) => w.split('(').next().unwrap_or(""),
-            None => "",
-        };
-        if name.is_empty() || line.ends_with("<unfinished ...>") {
-            continue;
-        }
-        let Some(dur) = line
-            .rsplit_once('<')
-            .and_then(|(_, d)| d.trim_end_matches('>').parse::<f64>().ok())
-        else {
-            continue;
-        };
-        let started = if line.contains(" resumed>") {
-            ts - dur
-        } else {
-            ts
-        };
-        if started < from || started > to {
-            continue;
-        }
-        *calls.entry(name.to_string()).or_insert(0) += 1;
-        durations.push(dur);
-    }
-    (calls, durations)
 }
 
 // ---------------------------------------------------------------------------------
@@ -1213,227 +980,9 @@ fn report(load: &Workload, senders: usize, batch: usize, runs: &[(&str, &RunResu
     );
 }
 
-fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
-}
-
-/// Prometheus's `histogram_quantile` over the increase between two scrapes of cumulative
-/// buckets `(le, count)`, interpolating linearly inside the bucket.
-fn histogram_quantile(q: f64, after: &[(f64, f64)], before: &[(f64, f64)]) -> Option<f64> {
-    let inc: Vec<(f64, f64)> = after
-        .iter()
-        .map(|&(le, n)| {
-            let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
-            (le, n - b)
-        })
-        .collect();
-    let total = inc.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for &(le, n) in &inc {
-        if n >= rank {
-            if le.is_infinite() {
-                return Some(prev.0);
-            }
-            let in_bucket = n - prev.1;
-            let frac = if in_bucket > 0.0 {
-                (rank - prev.1) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(prev.0 + (le - prev.0) * frac);
-        }
-        prev = (le, n);
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------------
 // Small HTTP/1.1 client (keep-alive, Content-Length and chunked bodies)
 // ---------------------------------------------------------------------------------
-
-struct Conn {
-    port: u16,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    fn new(port: u16) -> Conn {
-        Conn { port, stream: None }
-    }
-
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        let result = self.exchange(method, path, headers, body);
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
-
-    fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        let s = match &mut self.stream {
-            Some(s) => s,
-            None => {
-                let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
-                tcp.set_nodelay(true)?;
-                tcp.set_read_timeout(Some(Duration::from_secs(300)))?;
-                self.stream.insert(BufReader::with_capacity(64 << 10, tcp))
-            }
-        };
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.get_mut().write_all(head.as_bytes())?;
-        s.get_mut().write_all(body)?;
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-        let mut line = String::new();
-        s.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
-        loop {
-            line.clear();
-            if s.read_line(&mut line)? == 0 {
-                return Err(bad("connection closed in headers"));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-                match k.as_str() {
-                    "content-length" => length = v.parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = v.contains("chunked"),
-                    "connection" => close = v == "close",
-                    _ => {}
-                }
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                s.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| bad("bad chunk size"))?;
-                if size == 0 {
-                    loop {
-                        line.clear();
-                        if s.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                let at = out.len();
-                out.resize(at + size, 0);
-                s.read_exact(&mut out[at..])?;
-                line.clear();
-                s.read_line(&mut line)?;
-            }
-        } else if let Some(n) = length {
-            out.resize(n, 0);
-            s.read_exact(&mut out)?;
-        } else if status != 204 && status != 304 {
-            s.read_to_end(&mut out)?;
-            close = true;
-        }
-        if close {
-            self.stream = None;
-        }
-        Ok((status, out))
-    }
-}
-
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    Conn::new(port).request("GET", path, &[], &[])
-}
-
-/// One scrape of a Prometheus text exposition, as `name{labels}` → value.
-struct Metrics(BTreeMap<String, f64>);
-
-impl Metrics {
-    fn scrape(port: u16) -> Result<Metrics> {
-        let (status, body) = http_get(port, "/metrics")?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        let text = String::from_utf8_lossy(&body);
-        let mut m = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            if let Some((k, v)) = line.rsplit_once(' ')
-                && let Ok(v) = v.parse::<f64>()
-            {
-                m.insert(k.to_string(), v);
-            }
-        }
-        Ok(Metrics(m))
-    }
-
-    fn get(&self, key: &str) -> f64 {
-        self.0.get(key).copied().unwrap_or(0.0)
-    }
-
-    fn sum_prefix(&self, name: &str) -> f64 {
-        self.0
-            .iter()
-            .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
-    }
-
-    /// `name{le="x"}` samples as (le, count), sorted by le.
-    fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
-        let prefix = format!("{name}{{le=\"");
-        let mut out: Vec<(f64, f64)> = self
-            .0
-            .iter()
-            .filter_map(|(k, v)| {
-                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, *v))
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.total_cmp(&b.0));
-        out
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // Files, processes, build
@@ -1476,27 +1025,4 @@ fn wait_stable(dir: &Path, quiet: Duration, limit: Duration) {
             since = Instant::now();
         }
     }
-}
-
-/// The process `program` that `pid` (strace) started. Matching the program matters:
-/// strace also forks short-lived children of its own (probing seccomp support).
-fn child_of(pid: u32, program: &OsStr) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let p: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        let ppid: u32 = stat[stat.rfind(')')? + 1..]
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
-        let argv0 = cmdline.split(|b| *b == 0).next()?;
-        (ppid == pid && argv0 == program.as_bytes()).then_some(p)
-    })
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }

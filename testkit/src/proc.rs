@@ -24,6 +24,11 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
 }
 
+/// Current resident set (VmRSS) in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
