@@ -442,9 +442,11 @@ impl Spool {
                 return self.take_new_incarnation(highest_applied_seq, first_seq);
             }
         }
-        let mut removed = Removed::default();
+        // Nothing kept is removed here: `highest_applied_seq` is the highest seq applied,
+        // not the highest below which every seq was, and a batch answered `Retry` may
+        // sit below one that was applied. Kept batches are sent again and the
+        // coordinator's dedup answers those it applied as duplicates.
         if let Some(applied) = highest_applied_seq {
-            removed = self.segments.remove_through(applied);
             self.next_seq = self.next_seq.max(applied.saturating_add(1));
         }
         if let Some(highest) = highest_series_ref {
@@ -452,7 +454,7 @@ impl Spool {
         }
         self.settle()?;
         Ok(ResumeOutcome {
-            applied_removed: removed.batches,
+            applied_removed: 0,
             new_incarnation: None,
         })
     }

@@ -573,11 +573,14 @@ fn a_restored_older_state_dir_continues_past_what_was_applied() {
         .resume_after(Some(r.applied), Some(r.highest_ref))
         .unwrap();
     assert_eq!(outcome.new_incarnation, None);
+    // The copy's kept batches go out again: HelloOk's highest applied seq does not say
+    // every seq below it was applied, and the coordinator answers the ones it applied
+    // as duplicates. New seqs start past the applied one.
+    let kept = seqs(&all_pending(&mut spool));
     assert!(
-        all_pending(&mut spool).is_empty(),
-        "applied batches are not resent"
+        !kept.is_empty() && kept.iter().all(|&s| s <= r.applied),
+        "{kept:?}"
     );
-    assert_eq!(spool.lowest_seq(), r.applied + 1);
     let new_ref = define(&mut spool, "node_load1", "new");
     assert!(new_ref > r.highest_ref);
     let pushed = spool.push(batch(1, 1)).unwrap();
@@ -624,7 +627,7 @@ fn a_restored_dir_that_pushed_before_hello_ok_takes_a_new_incarnation() {
 }
 
 #[test]
-fn resume_after_a_normal_reconnect_removes_applied_batches_only() {
+fn resume_after_a_normal_reconnect_keeps_every_batch_and_moves_seqs_past_the_applied() {
     let tmp = tempfile::tempdir().unwrap();
     let mut spool = Spool::open(config(tmp.path())).unwrap();
     // The first connection: the coordinator knows nothing of this incarnation yet.
@@ -636,12 +639,23 @@ fn resume_after_a_normal_reconnect_removes_applied_batches_only() {
     for tag in 0..5 {
         spool.push(batch(tag, 1)).unwrap();
     }
-    // Sent, three applied, connection lost; the next HelloOk reports them.
+    // Sent; the first was answered `Retry`, the next two applied, connection lost. The
+    // next HelloOk reports the highest applied, which says nothing of the first: every
+    // kept batch goes out again (the coordinator answers the applied ones as
+    // duplicates), and new seqs start past the highest applied.
     let o = spool.resume_after(Some(first + 2), Some(0)).unwrap();
     assert_eq!(o.new_incarnation, None);
-    assert_eq!(o.applied_removed, 3);
-    assert_eq!(seqs(&all_pending(&mut spool)), vec![first + 3, first + 4]);
+    assert_eq!(o.applied_removed, 0);
+    assert_eq!(
+        seqs(&all_pending(&mut spool)),
+        (first..first + 5).collect::<Vec<_>>()
+    );
     assert_eq!(spool.next_seq(), first + 5);
+    // A spool rewound behind the applied seq (nothing pushed since the open) continues
+    // past it instead of reusing applied seqs.
+    let o = spool.resume_after(Some(first + 9), Some(0)).unwrap();
+    assert_eq!(o.new_incarnation, None);
+    assert_eq!(spool.next_seq(), first + 10);
 }
 
 #[test]

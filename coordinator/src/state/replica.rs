@@ -193,10 +193,16 @@ impl Replica {
             }
             batch.commit()?;
         }
-        let (cp, at_ms) = {
+        {
             let mut sm = self.write()?;
             let taken = (sm.take_sealed(), sm.take_blocks());
             debug_assert_eq!((taken.0.len(), taken.1.len()), (sealed.len(), blocks.len()));
+        }
+        // Serializing the state takes long with many series (the head's open buffers are
+        // encoded): under a read lock, so queries and agent admission go on meanwhile.
+        // This thread is the only writer, so nothing changes between the take and here.
+        let (cp, at_ms) = {
+            let sm = self.read()?;
             (sm.checkpoint()?, sm.last_time_ms())
         };
         // The chunks the checkpoint relies on are durable before it is.
