@@ -634,18 +634,25 @@ fn compact_argus_offline(data: &Path) -> Result<String> {
     Ok(parts.join(", "))
 }
 
-/// Sizes of the parts of the replica's checkpoint (a version byte, the applied index,
-/// then index, head, agents and aggregates, each behind a u64 length), for the report;
-/// None if the layout is not that one any more.
+/// Sizes of the parts of the replica's checkpoint, uncompressed, for the report; None if
+/// it does not decode.
 fn checkpoint_parts(cp: &[u8]) -> Option<String> {
-    let mut rest = cp.get(9..)?;
-    let mut out = Vec::new();
-    for name in ["series index", "head", "agents", "aggregates"] {
-        let len = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?) as usize;
-        rest = rest.get(8 + len..)?;
-        out.push(format!("{name} {:.2} MB", len as f64 / 1e6));
-    }
-    rest.is_empty().then(|| out.join(", "))
+    let cp = argus_coordinator::state::replica::decode_checkpoint(cp).ok()?;
+    let parts = [
+        ("series index", &cp.index),
+        ("head", &cp.head),
+        ("agents", &cp.agents),
+        ("aggregates", &cp.aggregates),
+        ("fleet", &cp.fleet),
+    ];
+    Some(
+        parts
+            .iter()
+            .map(|(name, b)| format!("{name} {:.2} MB", b.len() as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " (uncompressed)",
+    )
 }
 
 fn run_vm(dir: &Path, requests: &[Vec<Request>], strace: bool) -> Result<RunResult> {

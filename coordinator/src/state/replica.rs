@@ -292,7 +292,9 @@ fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
     out
 }
 
-fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
+/// A checkpoint file's contents (any format this build reads), for restarts and for
+/// tools that report what a checkpoint holds.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, ReplicaError> {
     let bad = |reason: String| StateError::Checkpoint(reason);
     let (&version, mut rest) = bytes
         .split_first()
