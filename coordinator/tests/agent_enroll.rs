@@ -27,83 +27,15 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long a join may take before the test gives up on it (the agent's own limit per
 /// coordinator is 15 s; a debug build on a loaded machine is slow to start).
 const JOIN_WITHIN: Duration = Duration::from_secs(60);
 
-/// `argus-agent` of this test's profile, from the same target directory.
-///
-/// Cargo names only the binaries of the package under test (`CARGO_BIN_EXE_argus`);
-/// the agent is another package's. `cargo test --workspace` builds it before any test
-/// runs, and then it is newer than every source it is built from and used as is. Run
-/// alone, this test builds it once per process (`cargo build -p argus-agent`, which
-/// resolves features for the agent alone: the first time, that compiles its
-/// dependencies again, so it can take minutes).
-fn agent_bin() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let bin_dir = Path::new(BIN).parent().expect("argus lives in a directory");
-        let bin = bin_dir.join("argus-agent");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sources = [
-            "agent/src",
-            "agent/Cargo.toml",
-            "common/src",
-            "common/Cargo.toml",
-            "Cargo.lock",
-            "Cargo.toml",
-        ]
-        .map(|p| root.join(p));
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        if built.is_some_and(|b| sources.iter().all(|s| newest_mtime(s) <= Some(b))) {
-            return bin;
-        }
-        let target = bin_dir.parent().expect("a profile directory has a parent");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args([
-            "build",
-            "--locked",
-            "-p",
-            "argus-agent",
-            "--bin",
-            "argus-agent",
-        ])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", target);
-        match bin_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd.status().expect("run cargo build for argus-agent");
-        assert!(status.success(), "cargo build of argus-agent failed");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-}
-
-/// The newest modification time of `path` and, for a directory, everything under it
-/// (`target` directories aside).
-fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    let own = meta.modified().ok();
-    if !meta.is_dir() {
-        return own;
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name() != "target")
-        .filter_map(|e| newest_mtime(&e.path()))
-        .chain(own)
-        .max()
+/// The `argus-agent` binary (another package's, see [`argus_testkit::build::workspace_binary`]).
+fn agent_bin() -> PathBuf {
+    argus_testkit::build::workspace_binary("argus-agent").expect("build argus-agent")
 }
 
 /// This host's name, as the agent reports it.

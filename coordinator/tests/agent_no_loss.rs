@@ -24,7 +24,6 @@ use common::{Argus, BIN, now_ms, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The agent's collection interval.
@@ -41,73 +40,9 @@ const NODE: &str = r#"{__name__=~"node_.+",job="node"}"#;
 /// capped at 5 s, and a debug coordinator replays its log first.
 const CATCH_UP: Duration = Duration::from_secs(90);
 
-/// The `argus-agent` binary, built once per test process. Cargo builds a package's own
-/// binaries for its integration tests only, so this one is asked of cargo here, never
-/// taken stale from an earlier build. It asks for the workspace's tests, as CI's
-/// `cargo test --workspace` builds them, so under CI this is a no-op and the features
-/// of shared dependencies match (a narrower selection would rebuild them).
-fn agent_bin() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let started = Instant::now();
-        let mut cmd = Command::new(cargo);
-        // What cargo set for running this test is not the environment the build ran
-        // in; passed on, it would make cargo rebuild (and the next build rebuild back).
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_BIN_EXE_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                    "OUT_DIR",
-                    "LD_LIBRARY_PATH",
-                ]
-                .contains(&k.as_ref())
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        let out = cmd
-            .args([
-                "test",
-                "--workspace",
-                "--no-run",
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(&root)
-            .output()
-            .expect("run cargo to build argus-agent");
-        eprintln!(
-            "argus-agent built in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        if let Ok(log) = std::env::var("NOLOSS_CARGO_LOG") {
-            let _ = std::fs::write(log, &out.stderr);
-        }
-        assert!(
-            out.status.success(),
-            "building argus-agent failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| {
-                m["reason"] == "compiler-artifact"
-                    && m["target"]["name"] == "argus-agent"
-                    && m["profile"]["test"] == false
-                    && m["target"]["kind"][0] == "bin"
-            })
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo named the argus-agent executable")
-    })
+/// The `argus-agent` binary (another package's, see [`argus_testkit::build::workspace_binary`]).
+fn agent_bin() -> PathBuf {
+    argus_testkit::build::workspace_binary("argus-agent").expect("build argus-agent")
 }
 
 fn ok(what: &str, out: &Output) -> String {
