@@ -16,36 +16,18 @@ use argus_coordinator::fleet::cli_config::CliConfig;
 use argus_coordinator::fleet::gate::{FleetGate, RefusalKind};
 use argus_coordinator::server::{ServeConfig, start};
 use argus_testkit::http;
-use common::BIN;
+use common::{argus_cli, ok};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn argus(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("ARGUS_URL")
-        .env_remove("ARGUS_TOKEN")
-        .env_remove("ARGUS_CLI_CONFIG")
-        .env("HOME", "/nonexistent")
-        .output()
-        .expect("run argus")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "argus failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The admin token `cluster init` (implicit at the first start) wrote to the CLI config.
+fn argus(args: &[&str]) -> Output {
+    argus_cli(args, &[])
+}
+
 fn admin_token(data: &Path) -> String {
     CliConfig::read(&data.join("cluster/cli.toml"))
         .expect("cli.toml")

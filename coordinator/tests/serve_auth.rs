@@ -8,38 +8,14 @@ mod common;
 
 use argus_coordinator::api::remote_write::{TimeSeries, WriteRequest, encode_body};
 use argus_testkit::http;
-use common::{Argus, BIN, WRITE_HEADERS, now_ms, wait_for};
+use common::{Argus, BIN, WRITE_HEADERS, argus_cli as argus, now_ms, ok, wait_for};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-
-fn argus(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("ARGUS_URL")
-        .env_remove("ARGUS_TOKEN")
-        .env_remove("ARGUS_CLI_CONFIG")
-        .env("HOME", "/nonexistent");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run argus")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "argus failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The admin token `cluster init` wrote into the CLI config.
 fn admin_token(data: &Path) -> String {

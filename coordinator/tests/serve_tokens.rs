@@ -6,35 +6,10 @@ mod common;
 
 use argus_common::pki::{CaPin, JoinString, cert_from_pem};
 use argus_testkit::http;
-use common::{Argus, BIN};
+use common::{Argus, argus_cli as argus, ok};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
-
-fn argus(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("ARGUS_URL")
-        .env_remove("ARGUS_TOKEN")
-        .env_remove("ARGUS_CLI_CONFIG")
-        .env("HOME", "/nonexistent");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run argus")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "argus failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)

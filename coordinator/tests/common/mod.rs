@@ -11,7 +11,7 @@ use argus_testkit::http::{self, Response, encode_component};
 use argus_testkit::prometheus::{LabelSet, find_binary, parse_exposition};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_argus");
@@ -339,4 +339,32 @@ remote_write:
         prometheus_addr: prom_addr,
         _node_exporter: node_exporter,
     })
+}
+
+/// Runs an `argus` admin command with `env` and nothing else that could point it at
+/// another coordinator (no `ARGUS_URL`, `ARGUS_TOKEN`, `ARGUS_CLI_CONFIG`, no home
+/// directory config).
+pub fn argus_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("ARGUS_URL")
+        .env_remove("ARGUS_TOKEN")
+        .env_remove("ARGUS_CLI_CONFIG")
+        .env("HOME", "/nonexistent");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run argus")
+}
+
+/// Stdout of a command that must have succeeded; otherwise fails with both streams.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "argus failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
